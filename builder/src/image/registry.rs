@@ -1,0 +1,408 @@
+//! Registry traffic through `oci-client`: manifests and blobs in, blobs and
+//! manifests out, with kaniko's transport flags, credentials from
+//! [`super::auth`], mirrors, and retries with exponential backoff.
+//!
+//! One `oci_client::Client` is kept per (registry, direction), since plain
+//! HTTP and TLS settings differ between pull and push in kaniko's flags.
+//!
+//! Retries: 5xx, 429 and connection errors are retried `--image-download-retry`
+//! / `--push-retry` times, waiting 0.5s, 1s, 2s … (at most 30s). `oci-client`
+//! does not expose response headers on errors, so a 429's `Retry-After` cannot
+//! be read; the exponential wait is used for it too.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::Client;
+
+use super::auth::{Credential, DockerConfig};
+use super::config::{Descriptor, media};
+use super::digest::Digest;
+use super::options::{Direction, RegistryOptions};
+use super::progress::Progress;
+use super::reference::ImageRef;
+use super::store::BlobStore;
+
+/// Blobs larger than this are uploaded as a series of chunks (PATCH requests).
+const CHUNKED_UPLOAD_THRESHOLD: u64 = 8 << 20;
+const UPLOAD_CHUNK: usize = 8 << 20;
+
+/// A registry session for one build: transports, credentials and progress.
+pub struct Registries {
+    opts: RegistryOptions,
+    docker_config: DockerConfig,
+    clients: Mutex<HashMap<(String, bool), Arc<Client>>>,
+    progress: Progress,
+}
+
+impl Registries {
+    /// Loads the docker config (see [`super::auth`]) and checks the flags.
+    pub fn new(opts: &RegistryOptions) -> Result<Registries> {
+        opts.validate()?;
+        Ok(Registries {
+            opts: opts.clone(),
+            docker_config: DockerConfig::load()?,
+            clients: Mutex::new(HashMap::new()),
+            progress: Progress::new(),
+        })
+    }
+
+    /// As [`Registries::new`] with an explicit docker config and progress sink (tests).
+    pub fn with_config(opts: &RegistryOptions, docker_config: DockerConfig, progress: Progress) -> Result<Registries> {
+        opts.validate()?;
+        Ok(Registries { opts: opts.clone(), docker_config, clients: Mutex::new(HashMap::new()), progress })
+    }
+
+    pub fn options(&self) -> &RegistryOptions {
+        &self.opts
+    }
+
+    fn client(&self, r: &ImageRef, dir: Direction) -> Result<Arc<Client>> {
+        let key = (r.registry().to_string(), dir == Direction::Push);
+        if let Some(c) = self.clients.lock().expect("clients lock").get(&key) {
+            return Ok(c.clone());
+        }
+        let t = self.opts.transport(r.registry(), dir);
+        let mut extra_root_certificates = Vec::new();
+        if let Some(path) = &t.ca_certificate {
+            let data = std::fs::read(path)
+                .with_context(|| format!("reading --registry-certificate {}", path.display()))?;
+            extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
+        }
+        let config = ClientConfig {
+            protocol: if t.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
+            accept_invalid_certificates: t.skip_tls_verify,
+            extra_root_certificates,
+            platform_resolver: None,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(300)),
+            user_agent: concat!("strata/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        let client = Arc::new(Client::new(config));
+        self.clients.lock().expect("clients lock").insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn credential(&self, r: &ImageRef) -> Result<Credential> {
+        self.docker_config.credential_for(r.registry())
+    }
+
+    async fn session(&self, r: &ImageRef, dir: Direction) -> Result<Arc<Client>> {
+        let client = self.client(r, dir)?;
+        let cred = self.credential(r)?;
+        client.store_auth_if_needed(r.to_oci().resolve_registry(), &cred.to_oci()).await;
+        Ok(client)
+    }
+
+    /// Fetches the manifest (or index) `r` names, trying its mirrors first.
+    /// Returns the bytes, their digest and the reference that answered.
+    pub async fn fetch_manifest(&self, r: &ImageRef) -> Result<(Vec<u8>, Digest, ImageRef)> {
+        let candidates = self.opts.pull_candidates(r)?;
+        let last = candidates.len() - 1;
+        for (i, candidate) in candidates.into_iter().enumerate() {
+            match self.fetch_manifest_from(&candidate).await {
+                Ok((bytes, digest)) => return Ok((bytes, digest, candidate)),
+                Err(e) if i < last => {
+                    tracing::warn!("mirror {} failed ({e:#}); trying the next source", candidate.registry());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("pull_candidates always returns the original reference")
+    }
+
+    async fn fetch_manifest_from(&self, r: &ImageRef) -> Result<(Vec<u8>, Digest)> {
+        let client = self.session(r, Direction::Pull).await?;
+        let oci_ref = r.to_oci();
+        let auth = self.credential(r)?.to_oci();
+        let (bytes, digest) = with_retry(self.opts.image_download_retry, || {
+            client.pull_manifest_raw(&oci_ref, &auth, media::ACCEPTED_MANIFESTS)
+        })
+        .await
+        .map_err(|e| explain(e, r, "pulling"))?;
+        let actual = Digest::of(&bytes);
+        if let Some(want) = r.digest()
+            && &actual != want
+        {
+            bail!("manifest of {r} does not match its digest: got {actual}");
+        }
+        if digest != actual.as_str() {
+            tracing::debug!("registry reported manifest digest {digest}, content hashes to {actual}");
+        }
+        Ok((bytes.to_vec(), actual))
+    }
+
+    /// Downloads blob `desc` of repository `r` into `store`, verifying its digest
+    /// and size. Does nothing if the store already has it.
+    pub async fn fetch_blob(&self, r: &ImageRef, desc: &Descriptor, store: &BlobStore) -> Result<()> {
+        if store.contains(&desc.digest) {
+            return Ok(());
+        }
+        let client = self.session(r, Direction::Pull).await?;
+        let short = short_digest(&desc.digest);
+        let attempts = self.opts.image_download_retry;
+        let mut attempt = 0;
+        loop {
+            let transfer = self.progress.start("pulling", short.clone(), desc.size);
+            match self.download_once(&client, r, desc, store, &transfer).await {
+                Ok(()) => {
+                    transfer.finish(None);
+                    return Ok(());
+                }
+                Err(e) => {
+                    transfer.finish(Some("failed"));
+                    let retryable = e.downcast_ref::<OciDistributionError>().is_some_and(is_retryable)
+                        || e.downcast_ref::<std::io::Error>().is_some();
+                    if !retryable || attempt >= attempts {
+                        return Err(match e.downcast::<OciDistributionError>() {
+                            Ok(oe) => explain(oe, r, "pulling"),
+                            Err(e) => e,
+                        }
+                        .context(format!("blob {} of {r}", desc.digest)));
+                    }
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn download_once(
+        &self,
+        client: &Client,
+        r: &ImageRef,
+        desc: &Descriptor,
+        store: &BlobStore,
+        transfer: &super::progress::Transfer,
+    ) -> Result<()> {
+        let mut stream = client.pull_blob_stream(&r.to_oci(), &oci_descriptor(desc)).await?;
+        let mut writer = store.writer()?;
+        let mut received = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Other && e.to_string().contains("digest") {
+                    anyhow!("digest mismatch: the registry sent content that does not hash to {}", desc.digest)
+                } else {
+                    anyhow::Error::new(e)
+                }
+            })?;
+            received += chunk.len() as u64;
+            if received > desc.size {
+                bail!("registry sent more than the {} bytes the manifest declares", desc.size);
+            }
+            std::io::Write::write_all(&mut writer, &chunk).context("writing to the blob store")?;
+            transfer.advance(chunk.len() as u64);
+        }
+        if received != desc.size {
+            bail!("truncated download: got {received} of {} bytes", desc.size);
+        }
+        writer.commit(Some(&desc.digest))?;
+        Ok(())
+    }
+
+    /// Makes sure blob `desc` (in `store`) exists in `dest`'s repository:
+    /// skipped if present, mounted from a `mount_from` repository that holds it (same registry) if
+    /// possible, else uploaded (in chunks when large).
+    pub async fn push_blob(
+        &self,
+        dest: &ImageRef,
+        desc: &Descriptor,
+        store: &BlobStore,
+        mount_from: &[ImageRef],
+    ) -> Result<()> {
+        let client = self.session(dest, Direction::Push).await?;
+        let oci_dest = dest.to_oci();
+        let digest = desc.digest.to_string();
+        let retries = self.opts.push_retry;
+        let short = short_digest(&desc.digest);
+        let exists = with_retry(retries, || client.blob_exists(&oci_dest, &digest))
+            .await
+            .map_err(|e| explain(e, dest, "pushing to"))?;
+        if exists {
+            self.progress.start("pushing", short, desc.size).finish(Some("already present"));
+            return Ok(());
+        }
+        for source in mount_from.iter().filter(|s| s.registry() == dest.registry() && s.repository() != dest.repository()) {
+            // A refused mount (e.g. no pull right on the source) is not an error: upload instead.
+            if client.mount_blob(&oci_dest, &source.to_oci(), &digest).await.is_ok() {
+                self.progress.start("pushing", short, desc.size).finish(Some(&format!("mounted from {}", source.repository())));
+                return Ok(());
+            }
+        }
+        let path = store.path(&desc.digest);
+        let transfer = self.progress.start("pushing", short, desc.size);
+        let advance = std::sync::Arc::new(transfer.advancer());
+        let result = with_retry(retries, || async {
+            if desc.size <= CHUNKED_UPLOAD_THRESHOLD {
+                let bytes = tokio::fs::read(&path).await?;
+                let r = client.push_blob(&oci_dest, bytes, &digest).await;
+                advance(desc.size);
+                r
+            } else {
+                let advance = advance.clone();
+                let chunks = file_stream(path.clone()).inspect(move |c| {
+                    if let Ok(c) = c {
+                        advance(c.len() as u64);
+                    }
+                });
+                client.push_blob_stream(&oci_dest, chunks, &digest, Some(desc.size)).await
+            }
+        })
+        .await;
+        match result {
+            Ok(_) => {
+                transfer.finish(None);
+                Ok(())
+            }
+            Err(e) => {
+                transfer.finish(Some("failed"));
+                Err(explain(e, dest, "pushing to").context(format!("blob {}", desc.digest)))
+            }
+        }
+    }
+
+    /// Puts manifest `bytes` under `dest`'s tag (or digest).
+    pub async fn push_manifest(&self, dest: &ImageRef, bytes: &[u8], media_type: &str) -> Result<()> {
+        let client = self.session(dest, Direction::Push).await?;
+        let oci_dest = dest.to_oci();
+        let content_type: reqwest::header::HeaderValue =
+            media_type.parse().map_err(|_| anyhow!("bad media type {media_type}"))?;
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        with_retry(self.opts.push_retry, || {
+            client.push_manifest_raw(&oci_dest, body.clone(), content_type.clone())
+        })
+        .await
+        .map_err(|e| explain(e, dest, "pushing to"))?;
+        Ok(())
+    }
+}
+
+/// Reads a file as a stream of large chunks, for chunked uploads.
+fn file_stream(
+    path: std::path::PathBuf,
+) -> impl futures_util::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::unfold(None, move |file: Option<tokio::fs::File>| {
+        let path = path.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = match file {
+                Some(f) => f,
+                None => match tokio::fs::File::open(&path).await {
+                    Ok(f) => f,
+                    Err(e) => return Some((Err(e.into()), None)),
+                },
+            };
+            let mut buf = Vec::with_capacity(UPLOAD_CHUNK);
+            match (&mut file).take(UPLOAD_CHUNK as u64).read_to_end(&mut buf).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok(bytes::Bytes::from(buf)), Some(file))),
+                Err(e) => Some((Err(e.into()), None)),
+            }
+        }
+    })
+}
+
+fn oci_descriptor(d: &Descriptor) -> OciDescriptor {
+    OciDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.to_string(),
+        size: d.size as i64,
+        ..Default::default()
+    }
+}
+
+fn short_digest(d: &Digest) -> String {
+    format!("sha256:{}", &d.hex()[..12])
+}
+
+fn is_retryable(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RequestError(e) => {
+            e.is_connect() || e.is_timeout() || e.is_body() || e.status().is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|e| e.code == OciErrorCode::Toomanyrequests)
+        }
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
+async fn backoff(attempt: u32) {
+    let ms = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Runs `f`, retrying transient failures up to `retries` more times.
+async fn with_retry<T, F, Fut>(retries: u32, mut f: F) -> Result<T, OciDistributionError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, OciDistributionError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < retries && is_retryable(&e) => {
+                tracing::warn!("registry request failed ({e}); retry {} of {retries}", attempt + 1);
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Turns an `oci-client` error into one line a user can act on.
+fn explain(e: OciDistributionError, r: &ImageRef, doing: &str) -> anyhow::Error {
+    let reg = r.registry();
+    match &e {
+        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+            anyhow!("{doing} {r}: authentication failed at {reg}: check the credentials for {reg} in your docker config.json")
+        }
+        OciDistributionError::ImageManifestNotFoundError(_) => anyhow!("{doing} {r}: image not found"),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)) {
+                anyhow!("{doing} {r}: image not found")
+            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+                anyhow!("{doing} {r}: access denied by {reg}: check the credentials for {reg} in your docker config.json")
+            } else if codes.iter().any(|c| matches!(c, OciErrorCode::BlobUnknown)) {
+                anyhow!("{doing} {r}: blob not found in the registry")
+            } else {
+                let msgs: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect();
+                anyhow!("{doing} {r}: registry {reg} refused: {}", msgs.join("; "))
+            }
+        }
+        OciDistributionError::ServerError { code: 404, .. } => anyhow!("{doing} {r}: image not found"),
+        OciDistributionError::ServerError { code, message, .. } => {
+            let message: String = message.chars().take(200).collect();
+            anyhow!("{doing} {r}: registry {reg} answered HTTP {code}: {}", message.trim())
+        }
+        OciDistributionError::RequestError(re) if re.is_connect() => {
+            anyhow!("{doing} {r}: cannot connect to registry {reg}: {}", root_cause(re))
+        }
+        OciDistributionError::RequestError(re) if re.is_timeout() => {
+            anyhow!("{doing} {r}: registry {reg} timed out")
+        }
+        OciDistributionError::DigestError(d) => anyhow!("{doing} {r}: digest mismatch: {d}"),
+        _ => anyhow!("{doing} {r}: {e}"),
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
