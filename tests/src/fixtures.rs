@@ -1,0 +1,35 @@
+//! Base images made locally from Debian's busybox-static, by
+//! fixtures/make-base-images.sh.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::tools::run_ok;
+use crate::workspace_root;
+
+pub fn fixtures_dir() -> PathBuf {
+    workspace_root().join("fixtures")
+}
+
+/// Writes an OCI layout of the busybox base into `dir` (tag `latest`) and
+/// returns its manifest digest.
+pub fn busybox_layout(dir: &Path) -> String {
+    let script = fixtures_dir().join("make-base-images.sh");
+    run_ok(Command::new("bash").arg(script).arg(dir)).trim().to_string()
+}
+
+/// The busybox base pushed to `registry` (host:port) as `repo:tag`, with
+/// skopeo; returns the reference pushed.
+pub fn push_busybox(registry: &str, repo: &str, tag: &str, scratch: &Path) -> String {
+    let layout = scratch.join("busybox-layout");
+    if !layout.join("index.json").exists() {
+        busybox_layout(&layout);
+    }
+    let reference = format!("{registry}/{repo}:{tag}");
+    crate::tools::skopeo_copy(
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{reference}"),
+        &["--dest-tls-verify=false"],
+    );
+    reference
+}

@@ -1,0 +1,205 @@
+//! The layer cache end to end: the strata binary building against a real
+//! registry (`--cache-repo`) and a shared `--cache-dir`, with the busybox base.
+
+mod build_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use build_support::*;
+use strata_tests::registry::Registry;
+
+const DOCKERFILE: &str = "\
+FROM base
+RUN echo one > /one
+ARG VERSION=1
+COPY app.txt /app/app.txt
+RUN echo \"v$VERSION\" > /version && cat /app/app.txt > /copied
+RUN echo four > /four
+COPY other.txt /other.txt
+";
+
+struct Project {
+    scratch: Scratch,
+    ctx: PathBuf,
+}
+
+impl Project {
+    fn new() -> Project {
+        let scratch = Scratch::new();
+        let ctx = scratch.path().join("ctx");
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+        fs::write(ctx.join("app.txt"), "app 1\n").unwrap();
+        fs::write(ctx.join("other.txt"), "other\n").unwrap();
+        Project { scratch, ctx }
+    }
+
+    /// Builds with the cache flags `extra`; returns (log, image digest).
+    fn build(&self, name: &str, extra: &[&str]) -> (String, String) {
+        let digest_file = self.scratch.path().join(format!("{name}.digest"));
+        let mut a = args(&[
+            "build",
+            "--context", self.ctx.to_str().unwrap(),
+            "--build-context", &self.scratch.base_context(),
+            "--no-push",
+            "--tar-path", self.scratch.path().join(format!("{name}.tar")).to_str().unwrap(),
+            "--digest-file", digest_file.to_str().unwrap(),
+            "--reproducible", "--log-format", "text",
+            "--cache=true", "--cache-copy-layers=true",
+        ]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let log = strata_ok(&a, self.scratch.path(), &[]);
+        (log, fs::read_to_string(&digest_file).unwrap().trim().to_string())
+    }
+}
+
+/// hit/miss per cached step, in order, from the log's `cache: … step N (…): hit|miss` lines.
+fn outcomes(log: &str) -> Vec<&'static str> {
+    log.lines()
+        .filter(|l| l.contains("cache: stage"))
+        .filter_map(|l| {
+            if l.contains("): hit ") {
+                Some("hit")
+            } else if l.contains("): miss ") {
+                Some("miss")
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn miss_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("): miss ")).collect()
+}
+
+#[test]
+fn registry_cache_cold_warm_and_changes() {
+    if !requirements("registry_cache_cold_warm_and_changes") || !strata_tests::require::tool("registry_cache_cold_warm_and_changes", "docker-registry") {
+        return;
+    }
+    let registry = Registry::start();
+    let p = Project::new();
+    let repo = format!("{}/app/cache", registry.addr);
+    let cache = ["--cache-repo", repo.as_str()];
+
+    let (cold, cold_digest) = p.build("cold", &cache);
+    assert_eq!(outcomes(&cold), vec!["miss"; 5], "{cold}");
+
+    let (warm, warm_digest) = p.build("warm", &cache);
+    assert_eq!(outcomes(&warm), vec!["hit"; 5], "{warm}");
+    assert_eq!(warm_digest, cold_digest, "a fully cached rebuild gives the same image");
+
+    // An undeclared build arg changes nothing.
+    let (log, digest) = p.build("undeclared", &["--cache-repo", &repo, "--build-arg", "BUILD_DATE=2026-11-23"]);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+    assert_eq!(digest, cold_digest);
+
+    // A declared one: the steps after its ARG miss.
+    let (log, _) = p.build("arg", &["--cache-repo", &repo, "--build-arg", "VERSION=2"]);
+    assert_eq!(outcomes(&log), vec!["hit", "miss", "miss", "miss", "miss"], "{log}");
+
+    // One context file changed: only the steps from its COPY on miss.
+    fs::write(p.ctx.join("app.txt"), "app 2\n").unwrap();
+    let (log, changed_digest) = p.build("changed", &cache);
+    assert_eq!(outcomes(&log), vec!["hit", "miss", "miss", "miss", "miss"], "{log}");
+    assert_ne!(changed_digest, cold_digest);
+    let (log, digest) = p.build("changed-again", &cache);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+    assert_eq!(digest, changed_digest);
+
+    // TTL: entries older than --cache-ttl are not used.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (log, digest) = p.build("expired", &["--cache-repo", &repo, "--cache-ttl", "1s"]);
+    assert_eq!(outcomes(&log), vec!["miss"; 5], "{log}");
+    assert!(miss_lines(&log).iter().all(|l| l.contains("expired")), "{log}");
+    assert_eq!(digest, changed_digest, "rebuilt, reproducibly");
+}
+
+fn corrupt_one_blob(cache_dir: &Path) -> PathBuf {
+    let blobs = cache_dir.join("blobs/sha256");
+    let mut entries: Vec<_> = fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    let victim = entries.into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[20] ^= 0xff;
+    fs::remove_file(&victim).unwrap();
+    fs::write(&victim, &bytes).unwrap();
+    victim
+}
+
+#[test]
+fn cache_dir_corruption_and_concurrent_builds() {
+    if !requirements("cache_dir_corruption_and_concurrent_builds") {
+        return;
+    }
+    let p = Project::new();
+    let cache_dir = p.scratch.path().join("cache");
+    let dir = cache_dir.to_str().unwrap().to_string();
+    let (cold, cold_digest) = p.build("cold", &["--cache-dir", &dir]);
+    assert_eq!(outcomes(&cold), vec!["miss"; 5], "{cold}");
+
+    corrupt_one_blob(&cache_dir);
+    let (log, digest) = p.build("corrupt", &["--cache-dir", &dir]);
+    assert_eq!(outcomes(&log).iter().filter(|o| **o == "miss").count(), 1, "exactly the corrupt step runs again:\n{log}");
+    assert!(log.contains("corrupt"), "{log}");
+    assert_eq!(digest, cold_digest, "the rebuilt layer is the same, reproducibly");
+    let (log, _) = p.build("repaired", &["--cache-dir", &dir]);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+
+    // With --cache-dir, a miss says what changed.
+    let (log, _) = p.build("arg", &["--cache-dir", &dir, "--build-arg", "VERSION=2"]);
+    assert_eq!(outcomes(&log), vec!["hit", "miss", "miss", "miss", "miss"], "{log}");
+    let misses = miss_lines(&log);
+    assert!(misses[0].contains("build arg VERSION changed"), "{log}");
+    let (log, _) = p.build("back", &["--cache-dir", &dir]);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+    fs::write(p.ctx.join("other.txt"), "other 2\n").unwrap();
+    let (log, _) = p.build("other", &["--cache-dir", &dir]);
+    assert_eq!(outcomes(&log), vec!["hit", "hit", "hit", "hit", "miss"], "{log}");
+    assert!(miss_lines(&log)[0].contains("source other.txt changed"), "{log}");
+    fs::write(p.ctx.join("other.txt"), "other\n").unwrap();
+
+    // Two builds at once on one --cache-dir, one of them with a change.
+    let other = Project::new();
+    fs::write(other.ctx.join("app.txt"), "app 3\n").unwrap();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| p.build("concurrent-a", &["--cache-dir", &dir]));
+        let b = s.spawn(|| other.build("concurrent-b", &["--cache-dir", &dir]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(a.1, cold_digest);
+    assert_ne!(b.1, cold_digest);
+    let (log, digest) = other.build("after", &["--cache-dir", &dir]);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+    assert_eq!(digest, b.1);
+}
+
+#[test]
+fn warmed_base_image_builds_without_the_registry() {
+    if !requirements("warmed_base_image_builds_without_the_registry") || !strata_tests::require::tool("warmed_base_image_builds_without_the_registry", "docker-registry") {
+        return;
+    }
+    let s = Scratch::new();
+    let registry = Registry::start();
+    let base = strata_tests::fixtures::push_busybox(&registry.addr, "library/busybox", "1", s.path());
+    let cache_dir = s.path().join("cache");
+    let log = strata_ok(&args(&["warm", "--image", &base, "--cache-dir", cache_dir.to_str().unwrap()]), s.path(), &[]);
+    assert!(log.contains("cached"), "{log}");
+    drop(registry);
+
+    let ctx = s.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), format!("FROM {base}\nRUN echo hi > /hi\n")).unwrap();
+    let log = strata_ok(
+        &args(&[
+            "build", "--context", ctx.to_str().unwrap(), "--no-push",
+            "--tar-path", s.path().join("out.tar").to_str().unwrap(),
+            "--cache-dir", cache_dir.to_str().unwrap(),
+        ]),
+        s.path(),
+        &[],
+    );
+    assert!(log.contains("found in"), "the base came from the cache dir:\n{log}");
+}

@@ -1,0 +1,74 @@
+//! Credentials from a docker config.json (found through $DOCKER_CONFIG)
+//! against a registry with basic auth (htpasswd): right credentials pull and
+//! push, wrong or missing ones fail with one clear line that never shows the
+//! password. One test per file: it sets DOCKER_CONFIG for the process.
+
+mod images_support;
+
+use base64::Engine;
+use images_support::*;
+use strata_builder::image::options::RegistryOptions;
+use strata_builder::image::store::BlobStore;
+use strata_builder::image::{deliver, resolve_base};
+use strata_tests::registry::Registry;
+use strata_tests::{fixtures, require, tools};
+
+fn write_config(dir: &std::path::Path, registry: &str, user: &str, password: &str) {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    std::fs::write(
+        dir.join("config.json"),
+        format!(r#"{{"auths":{{"http://{registry}/v2/":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+}
+
+#[test]
+fn basic_auth_from_docker_config() {
+    let t = "basic_auth_from_docker_config";
+    if !require::tool(t, "docker-registry") || !require::tool(t, "skopeo") || !require::tool(t, "htpasswd") {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let reg = Registry::start_with_auth("alice", "s3cret-pw");
+    let layout = s.join("busybox-layout");
+    fixtures::busybox_layout(&layout);
+    tools::skopeo_copy(
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{}/base/busybox:1", reg.addr),
+        &["--dest-tls-verify=false", "--dest-creds=alice:s3cret-pw"],
+    );
+    let base_ref = format!("{}/base/busybox:1", reg.addr);
+    let docker_config = s.join("docker");
+    std::fs::create_dir(&docker_config).unwrap();
+    // SAFETY: the only test in this binary; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("DOCKER_CONFIG", &docker_config) };
+    let opts = RegistryOptions::default();
+
+    // No credentials: refused.
+    let store = BlobStore::new(s.join("store0")).unwrap();
+    let err = resolve_base(&base_ref, &[], &opts, &store, &amd64()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("authentication failed"), "{msg}");
+
+    // Wrong password: refused, and the password is not shown.
+    write_config(&docker_config, &reg.addr, "alice", "wrong-pw");
+    let err = resolve_base(&base_ref, &[], &opts, &store, &amd64()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("authentication failed") && msg.contains(&reg.addr), "{msg}");
+    assert!(!msg.contains("wrong-pw"), "the password leaked: {msg}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+
+    // Right password: pull, then push a derived image.
+    write_config(&docker_config, &reg.addr, "alice", "s3cret-pw");
+    let store = BlobStore::new(s.join("store")).unwrap();
+    let base = resolve_base(&base_ref, &[], &opts, &store, &amd64()).unwrap();
+    let image = built_on(&base, &store);
+    let dest = format!("{}/app/private:1", reg.addr);
+    let delivered = deliver(&image, &outputs(&[dest.clone()]), &opts, &store).unwrap();
+    let inspect = tools::skopeo_inspect(&format!("docker://{dest}"), &["--tls-verify=false", "--creds=alice:s3cret-pw"]);
+    assert_eq!(inspect["Digest"], delivered.manifest_digest.as_str());
+    // Credentials never reach the image.
+    let config = tools::skopeo_config(&format!("docker://{dest}"), &["--tls-verify=false", "--creds=alice:s3cret-pw"]);
+    assert!(!config.to_string().contains("s3cret"));
+}
