@@ -1,0 +1,439 @@
+//! Benchmarks of the FUSE journal (issue 6), self-contained:
+//!
+//! - RUN overhead: a metadata-heavy step (extract N small files, then
+//!   `find` them) and a data-heavy step (write, then read, a large file),
+//!   run in a plain directory, under kernel overlayfs, and through the FUSE
+//!   journal with and without kernel passthrough. The FUSE rows also give
+//!   the journal's `finish` (ChangeSet) time.
+//! - Snapshot cost of a one-file change under `fuse` on roots of several
+//!   sizes: mount, change, finish.
+//!
+//! Everything runs on a fresh journaled ext4 loop file system made here and
+//! removed afterwards. Contenders alternate within each round (rotating
+//! order); results are medians with min–max. Needs root.
+//!
+//! `cargo run --release -p strata-bench -- fuse` writes the `fuse` section
+//! of `docs/benchmarks.md`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use strata_snapshotter::fuse;
+
+/// Command-line options of the `fuse` subcommand.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Options {
+    /// Files extracted by the metadata-heavy step.
+    #[arg(long, default_value_t = 20_000)]
+    pub fuse_small_files: usize,
+    /// MiB written then read by the data-heavy step.
+    #[arg(long, default_value_t = 1024)]
+    pub fuse_data_mib: u64,
+    /// Root sizes (files) for the one-file snapshot cost, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub fuse_root_sizes: Vec<usize>,
+}
+
+/// The `fuse` subcommand: runs the benchmarks and rewrites their section.
+pub fn run_cli(common: &crate::Common, opts: &Options) -> Result<()> {
+    let cfg = Config {
+        scratch: common.scratch.clone(),
+        rounds: common.rounds,
+        small_files: opts.fuse_small_files,
+        data_mib: opts.fuse_data_mib,
+        root_sizes: opts.fuse_root_sizes.clone(),
+    };
+    let report = run(&cfg)?;
+    let plot_dir = common.docs.join("bench");
+    std::fs::create_dir_all(&plot_dir)?;
+    let (groups, series) = report.ratios();
+    crate::plot::grouped_bars(&plot_dir.join("fuse-run-overhead.svg"), "RUN step time / plain directory", "× plain", &groups, &series)?;
+    let body = format!(
+        "## FUSE journal\n\n{}\n![RUN overhead under the FUSE journal](bench/fuse-run-overhead.svg)\n",
+        report.markdown()
+    );
+    println!("{body}");
+    crate::report::write_section(&common.docs, "fuse", &body)
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory for the sparse loop image (not on tmpfs).
+    pub scratch: PathBuf,
+    pub rounds: usize,
+    /// Files in the metadata-heavy step's tarball.
+    pub small_files: usize,
+    /// Size of the data-heavy step's file.
+    pub data_mib: u64,
+    /// Root sizes (files) for the snapshot-cost measurement.
+    pub root_sizes: Vec<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            scratch: PathBuf::from("/var/tmp"),
+            rounds: 3,
+            small_files: 20_000,
+            data_mib: 1024,
+            root_sizes: vec![10_000, 100_000],
+        }
+    }
+}
+
+/// Timings of one contender on one workload, in seconds.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub workload: String,
+    pub contender: String,
+    pub samples: Vec<f64>,
+    /// For FUSE contenders: time of `StepMount::finish` (journal → ChangeSet).
+    pub finish: Vec<f64>,
+}
+
+impl Measurement {
+    pub fn median(&self) -> f64 {
+        median(&self.samples)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub machine: String,
+    pub steps: Vec<Measurement>,
+    pub snapshots: Vec<Measurement>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Contender {
+    Plain,
+    Overlay,
+    Fuse { passthrough: bool },
+}
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Plain => "plain directory",
+            Contender::Overlay => "overlayfs",
+            Contender::Fuse { passthrough: true } => "fuse journal, passthrough",
+            Contender::Fuse { passthrough: false } => "fuse journal, no passthrough",
+        }
+    }
+}
+
+pub fn run(cfg: &Config) -> Result<Report> {
+    let euid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|ids| ids.split_whitespace().nth(1).map(String::from)))
+        .flatten();
+    if euid.as_deref() != Some("0") {
+        bail!("the FUSE benchmarks need root (loop mounts, FUSE and overlayfs mounts)");
+    }
+    if let Err(e) = fuse::probe() {
+        bail!("FUSE is not usable here: {e}");
+    }
+    let size_gib = (cfg.data_mib * 2).div_ceil(1024) + 2;
+    let inodes = (cfg.root_sizes.iter().copied().max().unwrap_or(0) + cfg.small_files * 2 + 10_000) as u64;
+    let fs = LoopFs::create(&cfg.scratch, size_gib, inodes)?;
+    let base = fs.path().to_path_buf();
+    let mut notes = Vec::new();
+
+    let mut contenders = vec![Contender::Plain, Contender::Overlay, Contender::Fuse { passthrough: false }];
+    if fuse::passthrough_allowed() {
+        contenders.push(Contender::Fuse { passthrough: true });
+    } else {
+        notes.push("FUSE passthrough not allowed here (needs CAP_SYS_ADMIN in the initial user namespace): not measured".into());
+    }
+
+    let tarball = base.join("small.tar");
+    make_tarball(&base.join("tarball-src"), &tarball, cfg.small_files)?;
+    let workloads = [
+        (
+            format!("extract {} small files, then find", cfg.small_files),
+            format!("tar xf {} -C \"$T\" && find \"$T\" | wc -l >/dev/null", tarball.display()),
+        ),
+        (
+            format!("write (fsync) then read {} MiB", cfg.data_mib),
+            format!(
+                "dd if=/dev/zero of=\"$T/big\" bs=1M count={} conv=fsync status=none && dd if=\"$T/big\" of=/dev/null bs=1M status=none",
+                cfg.data_mib
+            ),
+        ),
+    ];
+
+    let mut steps = Vec::new();
+    for (name, script) in &workloads {
+        let mut rows: Vec<Measurement> = contenders
+            .iter()
+            .map(|c| Measurement { workload: name.clone(), contender: c.name().into(), samples: vec![], finish: vec![] })
+            .collect();
+        for round in 0..cfg.rounds {
+            for k in 0..contenders.len() {
+                let i = (k + round) % contenders.len();
+                let (step, finish) = run_step(&base, contenders[i], script)
+                    .with_context(|| format!("{name} under {}", contenders[i].name()))?;
+                rows[i].samples.push(step);
+                if let Some(f) = finish {
+                    rows[i].finish.push(f);
+                }
+            }
+        }
+        steps.extend(rows);
+    }
+
+    let mut snapshots = Vec::new();
+    for &files in &cfg.root_sizes {
+        let root = base.join(format!("root-{files}"));
+        make_tree(&root, files)?;
+        let mut m = Measurement {
+            workload: format!("one-file change, root of {files} files"),
+            contender: "fuse: mount + change + finish".into(),
+            samples: vec![],
+            finish: vec![],
+        };
+        for round in 0..cfg.rounds {
+            let mnt = base.join("mnt");
+            std::fs::create_dir_all(&mnt)?;
+            let start = Instant::now();
+            let step = fuse::mount_step(&root, &mnt, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::fs::write(mnt.join(format!("d0/changed-{round}")), b"one change")?;
+            let t = Instant::now();
+            let set = step.finish()?;
+            m.finish.push(t.elapsed().as_secs_f64());
+            m.samples.push(start.elapsed().as_secs_f64());
+            if set.changed.len() != 2 {
+                bail!("a one-file change gave {} changed paths: {set:?}", set.changed.len());
+            }
+        }
+        snapshots.push(m);
+        std::fs::remove_dir_all(&root)?;
+    }
+
+    Ok(Report { machine: machine(), steps, snapshots, notes })
+}
+
+/// Runs `script` (with `$T` the step's directory) under `contender`.
+/// Returns the step's wall time and, for FUSE, the `finish` time.
+fn run_step(base: &Path, contender: Contender, script: &str) -> Result<(f64, Option<f64>)> {
+    let dirs = ["lower", "upper", "work", "target", "root", "mnt"].map(|d| base.join(d));
+    for d in &dirs {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+        std::fs::create_dir_all(d)?;
+    }
+    let [lower, upper, work, target, root, mnt] = dirs;
+    sync();
+    let shell = |dir: &Path| -> Result<f64> {
+        let start = Instant::now();
+        let status = Command::new("sh").arg("-c").arg(script).env("T", dir).status()?;
+        let took = start.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("`{script}` failed: {status}");
+        }
+        Ok(took)
+    };
+    let result = match contender {
+        Contender::Plain => (shell(&target)?, None),
+        Contender::Overlay => {
+            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+            command(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&mnt))?;
+            let took = shell(&mnt);
+            command(Command::new("umount").arg(&mnt))?;
+            (took?, None)
+        }
+        Contender::Fuse { passthrough } => {
+            let opts = fuse::Options { passthrough, ..Default::default() };
+            let step = fuse::mount_step_with(&root, &mnt, &[], &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if step.stats().passthrough != passthrough {
+                bail!("asked for passthrough={passthrough}, the kernel gave {:?}", step.stats());
+            }
+            let took = shell(&mnt)?;
+            let start = Instant::now();
+            let set = step.finish()?;
+            let finish = start.elapsed().as_secs_f64();
+            if set.changed.is_empty() {
+                bail!("the journal saw no change");
+            }
+            (took, Some(finish))
+        }
+    };
+    for d in [lower, upper, work, target, root] {
+        std::fs::remove_dir_all(&d)?;
+    }
+    Ok(result)
+}
+
+impl Report {
+    /// Step time relative to the plain directory: one group per workload,
+    /// one series per contender.
+    pub fn ratios(&self) -> (Vec<String>, Vec<(String, Vec<f64>)>) {
+        let mut groups: Vec<String> = Vec::new();
+        let mut series: Vec<(String, Vec<f64>)> = Vec::new();
+        for m in &self.steps {
+            if !groups.contains(&m.workload) {
+                groups.push(m.workload.clone());
+            }
+        }
+        for m in &self.steps {
+            if !series.iter().any(|(name, _)| *name == m.contender) {
+                series.push((m.contender.clone(), Vec::new()));
+            }
+        }
+        for (name, values) in &mut series {
+            for g in &groups {
+                let median_of = |contender: &str| {
+                    self.steps.iter().find(|m| &m.workload == g && m.contender == contender).map(Measurement::median)
+                };
+                let ratio = match (median_of(name), median_of(Contender::Plain.name())) {
+                    (Some(v), Some(p)) if p > 0.0 => v / p,
+                    _ => 0.0,
+                };
+                values.push(ratio);
+            }
+        }
+        (groups, series)
+    }
+
+    /// A markdown section: tables of medians (min–max) and ratios to the plain directory.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "Machine: {}\n", self.machine);
+        for note in &self.notes {
+            let _ = writeln!(s, "- {note}");
+        }
+        if !self.notes.is_empty() {
+            s.push('\n');
+        }
+        let _ = writeln!(s, "### RUN overhead\n");
+        let _ = writeln!(s, "| step | contender | median s (min–max) | × plain | journal finish s |");
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for m in &self.steps {
+            let plain = self
+                .steps
+                .iter()
+                .find(|p| p.workload == m.workload && p.contender == Contender::Plain.name())
+                .map(Measurement::median)
+                .unwrap_or(f64::NAN);
+            let finish = if m.finish.is_empty() { "–".to_string() } else { format!("{:.3}", median(&m.finish)) };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2} | {} |",
+                m.workload,
+                m.contender,
+                summary(&m.samples),
+                m.median() / plain,
+                finish
+            );
+        }
+        let _ = writeln!(s, "\n### Snapshot of a one-file change under `fuse`\n");
+        let _ = writeln!(s, "| root | mount + change + finish, median s (min–max) | finish only, median s |");
+        let _ = writeln!(s, "|---|---|---|");
+        for m in &self.snapshots {
+            let _ = writeln!(s, "| {} | {} | {:.4} |", m.workload, summary(&m.samples), median(&m.finish));
+        }
+        s
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn summary(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.3} ({:.3}–{:.3})", median(v), min, max)
+}
+
+/// `files` small files in directories of 100, tarred up with the system tar.
+fn make_tarball(src: &Path, tarball: &Path, files: usize) -> Result<()> {
+    make_tree(src, files)?;
+    command(Command::new("tar").arg("cf").arg(tarball).arg("-C").arg(src).arg("."))?;
+    std::fs::remove_dir_all(src)?;
+    Ok(())
+}
+
+/// A tree of `files` small files, 100 per directory (`d0/f0` ...).
+fn make_tree(root: &Path, files: usize) -> Result<()> {
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir)?;
+        }
+        std::fs::write(dir.join(format!("f{i}")), vec![b'x'; 200 + i % 700])?;
+    }
+    Ok(())
+}
+
+fn sync() {
+    let _ = Command::new("sync").status();
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{cpus} CPUs, Linux {}, load average {} at start", kernel.trim(), load.join(" "))
+}
+
+fn command(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A fresh journaled ext4 file system on a sparse loop file, removed on drop.
+struct LoopFs {
+    image: PathBuf,
+    mountpoint: PathBuf,
+    mounted: bool,
+}
+
+impl LoopFs {
+    fn create(scratch: &Path, size_gib: u64, inodes: u64) -> Result<LoopFs> {
+        let id = std::process::id();
+        let image = scratch.join(format!("strata-bench-fuse-{id}.ext4"));
+        let mountpoint = scratch.join(format!("strata-bench-fuse-{id}.mnt"));
+        let file = std::fs::File::create(&image).with_context(|| format!("creating {}", image.display()))?;
+        file.set_len(size_gib << 30)?;
+        drop(file);
+        let mut fs = LoopFs { image, mountpoint, mounted: false };
+        std::fs::create_dir_all(&fs.mountpoint)?;
+        command(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-N"]).arg(inodes.max(65536).to_string()).arg(&fs.image))?;
+        command(Command::new("mount").args(["-o", "loop"]).arg(&fs.image).arg(&fs.mountpoint))?;
+        fs.mounted = true;
+        Ok(fs)
+    }
+
+    fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = fuse::cleanup_stale(&self.mountpoint);
+            if let Err(e) = command(Command::new("umount").arg(&self.mountpoint)) {
+                eprintln!("warning: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_dir(&self.mountpoint);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
