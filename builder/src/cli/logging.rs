@@ -76,10 +76,17 @@ impl FromStr for LogFormat {
 pub fn init(args: &LogArgs, started: Instant) -> anyhow::Result<()> {
     let color = args.log_format == LogFormat::Color && std::io::stderr().is_terminal();
     let format = KanikoFormat { json: args.log_format == LogFormat::Json, color, timestamp: args.log_timestamp, started };
-    let filter = tracing_subscriber::filter::LevelFilter::from_level(args.verbosity.level());
+    let level = tracing_subscriber::filter::LevelFilter::from_level(args.verbosity.level());
+    // The FUSE library logs a reply to a request the kernel already dropped
+    // (a RUN process killed mid-call) as an error: that is routine here, and
+    // real server failures reach the user through the build's own error.
+    let fuser = if level >= tracing_subscriber::filter::LevelFilter::DEBUG { level } else { tracing_subscriber::filter::LevelFilter::OFF };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(format!("{level},fuser={fuser}"))
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(filter)
+        .with_env_filter(filter)
         .event_format(format)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))

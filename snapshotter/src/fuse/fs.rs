@@ -48,6 +48,10 @@ pub struct Shared {
     /// Whether this process may use kernel passthrough (CAP_SYS_ADMIN in the
     /// initial user namespace).
     pub passthrough_allowed: bool,
+    /// Set once the step's processes are done and the mount is being taken
+    /// down: the server ending with an error from then on (a busy mount we
+    /// had to abort) costs nothing, as the journal is already complete.
+    pub stopping: AtomicBool,
 }
 
 impl Shared {

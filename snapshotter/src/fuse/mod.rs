@@ -112,6 +112,7 @@ pub fn mount_step_with(root: &Path, mountpoint: &Path, excluded: &[PathBuf], opt
         writeback: AtomicBool::new(false),
         opts: opts.clone(),
         passthrough_allowed: opts.passthrough && mount::passthrough_allowed(),
+        stopping: AtomicBool::new(false),
     });
 
     let dev = mount::open_dev()?;
@@ -135,7 +136,9 @@ pub fn mount_step_with(root: &Path, mountpoint: &Path, excluded: &[PathBuf], opt
         .spawn(move || {
             let _done = done_tx;
             let result = session.run();
-            if let Err(e) = &result {
+            if let Err(e) = &result
+                && !shared.stopping.load(Ordering::Acquire)
+            {
                 // The session is over: whatever is still mounted must not hang.
                 shared.fail(format!("FUSE server stopped: {e}"));
                 shared.abort();
@@ -190,7 +193,10 @@ impl StepMount {
         if !std::mem::replace(&mut self.mounted, false) {
             return Ok(());
         }
-        mount::unmount(&self.mountpoint)?;
+        self.shared.stopping.store(true, Ordering::Release);
+        if mount::unmount(&self.mountpoint)? {
+            tracing::debug!("{} stayed busy after the step: its FUSE connection was aborted", self.mountpoint.display());
+        }
         if let Some(server) = self.server.take() {
             // Disconnected (never a message) when the server thread ends.
             let ended = match self.server_done.take() {
@@ -201,10 +207,10 @@ impl StepMount {
                 None => true,
             };
             if ended {
-                match server.join() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => self.shared.fail(format!("FUSE server stopped: {e}")),
-                    Err(_) => self.shared.fail("the FUSE server panicked".into()),
+                // An error ending the session was recorded by the server
+                // thread if it came before `stopping`, and is harmless after.
+                if server.join().is_err() {
+                    self.shared.fail("the FUSE server panicked".into());
                 }
             } else {
                 self.shared.fail("the FUSE server did not stop after unmount".into());

@@ -57,27 +57,33 @@ pub fn mount(dev: &OwnedFd, mountpoint: &Path) -> Result<(), Unavailable> {
     Ok(())
 }
 
-/// Unmounts `mountpoint`. When something still uses it, aborts the FUSE
-/// connection (`MNT_FORCE`: every further access gets ENOTCONN, and the
-/// server threads end) and detaches it. Returns whether it had to.
+/// Unmounts `mountpoint`. A mount can stay busy for a moment after the
+/// step's processes are gone (a descriptor a concurrent `clone` copied, a
+/// mount namespace still being torn down), so a busy mount is retried for a
+/// short while. If it is still busy, aborts the FUSE connection (`MNT_FORCE`:
+/// every further access gets ENOTCONN, and the server threads end) and
+/// detaches it. Returns whether it had to force.
 pub fn unmount(mountpoint: &Path) -> io::Result<bool> {
+    const BUSY_RETRIES: u32 = 100;
     let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    if unsafe { libc::umount2(target.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
-        return Ok(false);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(false), // not mounted (any more)
-        Some(libc::EBUSY) => {
-            force_abort(mountpoint);
-            if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0 {
-                Ok(true)
-            } else {
-                let e = io::Error::last_os_error();
-                Err(io::Error::new(e.kind(), format!("unmounting {}: {e}", mountpoint.display())))
-            }
+    for attempt in 0..=BUSY_RETRIES {
+        if unsafe { libc::umount2(target.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
+            return Ok(false);
         }
-        _ => Err(io::Error::new(e.kind(), format!("unmounting {}: {e}", mountpoint.display()))),
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOENT) => return Ok(false), // not mounted (any more)
+            Some(libc::EBUSY) if attempt < BUSY_RETRIES => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Some(libc::EBUSY) => break,
+            _ => return Err(io::Error::new(e.kind(), format!("unmounting {}: {e}", mountpoint.display()))),
+        }
+    }
+    force_abort(mountpoint);
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0 {
+        Ok(true)
+    } else {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("unmounting {}: {e}", mountpoint.display())))
     }
 }
 
