@@ -201,7 +201,7 @@ impl Cache {
         if opts.cache {
             let mut places: Vec<String> = remote.iter().map(|r| r.describe()).collect();
             places.extend(local.iter().map(|l| l.dir().display().to_string()));
-            tracing::info!("cache: layers cached in {} (ttl {}h)", places.join(" and "), opts.cache_ttl.as_secs() / 3600);
+            tracing::info!("cache: layers cached in {} (ttl {})", places.join(" and "), age_text(opts.cache_ttl));
         }
         Ok(Cache {
             opts: opts.clone(),
@@ -304,7 +304,7 @@ impl Cache {
                     return Lookup::Hit(Box::new(Hit { key: key.clone(), inputs: digests.clone(), layer, source: HitSource::Local }));
                 }
                 Ok(LocalLookup::Absent) => {}
-                Ok(LocalLookup::Expired { age }) => notes.push(format!("local entry expired ({}h old, --cache-ttl {}h)", age.as_secs() / 3600, self.opts.cache_ttl.as_secs() / 3600)),
+                Ok(LocalLookup::Expired { age }) => notes.push(format!("local entry expired ({} old, --cache-ttl {})", age_text(age), age_text(self.opts.cache_ttl))),
                 Ok(LocalLookup::Corrupt(why)) => {
                     tracing::warn!("cache: {step}: corrupt local cache entry: {why}");
                     notes.push("local entry was corrupt and was removed".to_string());
@@ -320,7 +320,7 @@ impl Cache {
                 return Lookup::Hit(Box::new(Hit { key: key.clone(), inputs: digests.clone(), layer: hit.layer, source: HitSource::Remote }));
             }
             Some(Ok(RemoteLookup::Absent)) | None => {}
-            Some(Ok(RemoteLookup::Expired { age })) => notes.push(format!("shared entry expired ({}h old, --cache-ttl {}h)", age.as_secs() / 3600, self.opts.cache_ttl.as_secs() / 3600)),
+            Some(Ok(RemoteLookup::Expired { age })) => notes.push(format!("shared entry expired ({} old, --cache-ttl {})", age_text(age), age_text(self.opts.cache_ttl))),
             Some(Err(e)) => {
                 tracing::warn!("cache: {step}: shared cache look-up failed, running the step: {e:#}");
                 notes.push("shared look-up failed".to_string());
@@ -441,5 +441,13 @@ impl Cache {
             }
         }
         failed
+    }
+}
+
+/// A cache age or TTL for the log: whole hours, or seconds below an hour.
+fn age_text(d: Duration) -> String {
+    match d.as_secs() {
+        s if s < 3600 => format!("{s}s"),
+        s => format!("{}h", s / 3600),
     }
 }
