@@ -12,6 +12,7 @@
 //! on success, failure and Ctrl-C alike (a signal kills the running RUN, the
 //! stage threads stop at their next instruction, and the directories drop).
 
+mod deferred;
 mod settings;
 mod sources;
 mod stage;
@@ -40,6 +41,9 @@ pub use settings::Settings;
 pub struct StageOutput {
     pub root: PathBuf,
     pub image: BuiltImage,
+    /// Cache hits in `image.layers` whose blobs were never fetched (see
+    /// [`deferred`]): fetched or mounted only as the outputs need.
+    pub lazy_hits: Vec<crate::cache::Hit>,
 }
 
 /// What every stage thread shares.
@@ -174,6 +178,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
 
     let mut image = target.image.clone();
     stage::finalize_config(&build, &mut image)?;
+    build.cache.provide_for_delivery(&target.lazy_hits, &build.args.output, &build.store)?;
     let delivered = crate::image::deliver(&image, &build.args.output, &build.args.registry, &build.store)?;
     let failed_pushes = build.cache.finish();
     if failed_pushes > 0 {

@@ -99,11 +99,14 @@ fn registry_cache_cold_warm_and_changes() {
     // A declared one: the steps after its ARG miss.
     let (log, _) = p.build("arg", &["--cache-repo", &repo, "--build-arg", "VERSION=2"]);
     assert_eq!(outcomes(&log), vec!["hit", "miss", "miss", "miss", "miss"], "{log}");
+    // The registry alone (no --cache-dir) says what changed.
+    assert!(miss_lines(&log)[0].contains("build arg VERSION changed"), "{log}");
 
     // One context file changed: only the steps from its COPY on miss.
     fs::write(p.ctx.join("app.txt"), "app 2\n").unwrap();
     let (log, changed_digest) = p.build("changed", &cache);
     assert_eq!(outcomes(&log), vec!["hit", "miss", "miss", "miss", "miss"], "{log}");
+    assert!(miss_lines(&log)[0].contains("source app.txt changed"), "{log}");
     assert_ne!(changed_digest, cold_digest);
     let (log, digest) = p.build("changed-again", &cache);
     assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
@@ -203,4 +206,76 @@ fn warmed_base_image_builds_without_the_registry() {
         &[],
     );
     assert!(log.contains("found in"), "the base came from the cache dir:\n{log}");
+}
+
+/// The blob in an OCI layout whose (gzip) layer holds `name` at its root.
+fn layer_blob_holding(layout: &Path, name: &str) -> PathBuf {
+    let blobs = layout.join("blobs/sha256");
+    for entry in fs::read_dir(&blobs).unwrap() {
+        let path = entry.unwrap().path();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(fs::File::open(&path).unwrap()));
+        let Ok(entries) = archive.entries() else { continue };
+        let found = entries
+            .filter_map(Result::ok)
+            .any(|e| e.path().map(|p| p.to_string_lossy().trim_start_matches("./") == name).unwrap_or(false));
+        if found {
+            return path;
+        }
+    }
+    panic!("no layer in {} holds {name}", layout.display());
+}
+
+#[test]
+fn cached_layers_are_fetched_only_when_needed() {
+    let test = "cached_layers_are_fetched_only_when_needed";
+    if !requirements(test) || !strata_tests::require::tool(test, "docker-registry") || !strata_tests::require::tool(test, "skopeo") || !strata_tests::require::tool(test, "umoci") {
+        return;
+    }
+    let registry = Registry::start();
+    let p = Project::new();
+    let repo = format!("{}/app/cache", registry.addr);
+    let (cold, _) = p.build("cold", &["--cache-repo", &repo]);
+    assert_eq!(outcomes(&cold), vec!["miss"; 5], "{cold}");
+
+    // A fully cached rebuild pushed to the cache's registry: the layers are
+    // mounted from the cache repository, none is downloaded.
+    let dest = format!("{}/app/image:warm", registry.addr);
+    let a = args(&[
+        "build",
+        "--context", p.ctx.to_str().unwrap(),
+        "--build-context", &p.scratch.base_context(),
+        "--destination", &dest,
+        "--reproducible", "--log-format", "text",
+        "--cache=true", "--cache-copy-layers=true", "--cache-repo", &repo,
+    ]);
+    let log = strata_ok(&a, p.scratch.path(), &[]);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+    assert!(log.contains("5 cached layer(s) of stage 0 not downloaded"), "{log}");
+    assert!(!log.contains("pulling sha256"), "no cached layer is downloaded:\n{log}");
+    let layout = p.scratch.path().join("pulled");
+    strata_tests::tools::skopeo_copy(&format!("docker://{dest}"), &format!("oci:{}:warm", layout.display()), &["--src-tls-verify=false"]);
+    let rootfs = strata_tests::tools::umoci_unpack(&layout, "warm", &p.scratch.path().join("bundle"));
+    assert_eq!(fs::read_to_string(rootfs.join("four")).unwrap(), "four\n");
+    assert_eq!(fs::read_to_string(rootfs.join("copied")).unwrap(), "app 1\n");
+    assert_eq!(fs::read_to_string(rootfs.join("other.txt")).unwrap(), "other\n");
+
+    // A deferred hit that proves unusable when a later step needs the root:
+    // the stage goes back to that step and runs it.
+    let q = Project::new();
+    let cache = q.scratch.path().join("oci-cache");
+    let oci = format!("oci:{}", cache.display());
+    let (cold, _) = q.build("cold", &["--cache-repo", &oci]);
+    assert_eq!(outcomes(&cold), vec!["miss"; 5], "{cold}");
+    let victim = layer_blob_holding(&cache, "four");
+    let mut bytes = fs::read(&victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last / 2] ^= 0xff;
+    fs::write(&victim, &bytes).unwrap();
+    fs::write(q.ctx.join("other.txt"), "other 2\n").unwrap();
+    let (log, digest) = q.build("rewound", &["--cache-repo", &oci]);
+    assert_eq!(outcomes(&log)[..5], ["hit", "hit", "hit", "hit", "miss"], "{log}");
+    assert!(log.contains("the cached layer is unusable, running the step"), "{log}");
+    let (clean, clean_digest) = q.build("clean", &["--cache-repo", &format!("oci:{}", q.scratch.path().join("fresh").display())]);
+    assert_eq!(outcomes(&clean), vec!["miss"; 5], "{clean}");
+    assert_eq!(digest, clean_digest, "the rewound build gives the image a clean build gives");
 }

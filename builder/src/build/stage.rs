@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use strata_snapshotter::{ChangeSet, Snapshotter};
 
+use super::deferred::DeferredHits;
 use super::{Build, StageOutput, steps};
 use crate::dockerfile::{Command, Instruction};
 use crate::exec::metadata::{self, StageVars};
@@ -69,7 +70,15 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
         None => st.index.to_string(),
     };
     let planned = cache_plan(build, st, &image, &vars, &instructions);
-    for (n, instr) in instructions.iter().enumerate() {
+    // Only the target stage's root is used by no other stage: there a hit's
+    // layer need not be applied until a later step runs on the root.
+    let defer_hits = st.index == build.plan.target;
+    let mut deferred = DeferredHits::default();
+    // Steps whose deferred hit proved unusable: they run, uncached.
+    let mut uncached = std::collections::HashSet::new();
+    let mut n = 0;
+    while n < total {
+        let instr = &instructions[n];
         build.check_cancelled()?;
         let label = format!("[{prefix} {}/{total}] {}", n + 1, instr.keyword());
         let started = Instant::now();
@@ -78,18 +87,44 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
         let lookup = |name: &str| vars.lookup(&image.config, name);
         let expanded = instr.expand(&lookup).map_err(|d| anyhow!("{d}"))?;
         let at = |e: anyhow::Error| e.context(format!("{}:{}: {}", src.file.display(), src.start_line, instr.keyword()));
-        let cached_step = planned[n].as_ref();
+        let cached_step = planned[n].as_ref().filter(|_| !uncached.contains(&n));
         if let Some(step) = cached_step
-            && let Some(layer) = apply_cached(build, &mut snap, &root, step)?
+            && let crate::cache::Lookup::Hit(hit) = build.cache.lookup(&step.name, &step.inputs, &build.store)
         {
-            let created_by = match &expanded {
-                Instruction::Run(run) => run_history(&image.config, &vars, &run.command),
-                _ => format!("{} # buildkit", src.original),
+            let layer = if defer_hits {
+                deferred.defer((*hit).clone(), n, &step.name, &image, &vars);
+                Some(hit.descriptor())
+            } else {
+                match build.cache.fetch(&hit, &build.store) {
+                    Ok(()) => Some(apply_hit(build, &mut snap, &root, &step.name, &hit)?),
+                    Err(e) => {
+                        tracing::warn!("cache: {}: the cached layer is unusable, running the step: {e:#}", step.name);
+                        None
+                    }
+                }
             };
-            image.layers.push(layer);
-            image.config.history.push(History { created: Some(build.settings.now()), created_by: Some(created_by), ..Default::default() });
-            tracing::info!("{label} done in {:.2}s (cached)", started.elapsed().as_secs_f64());
-            continue;
+            if let Some(layer) = layer {
+                let created_by = match &expanded {
+                    Instruction::Run(run) => run_history(&image.config, &vars, &run.command),
+                    _ => format!("{} # buildkit", src.original),
+                };
+                image.layers.push(layer);
+                image.config.history.push(History { created: Some(build.settings.now()), created_by: Some(created_by), ..Default::default() });
+                tracing::info!("{label} done in {:.2}s (cached)", started.elapsed().as_secs_f64());
+                n += 1;
+                continue;
+            }
+        }
+        if needs_root(&expanded) && !deferred.is_empty() {
+            let mut apply = |snap: &mut Snapshotter, hit: &crate::cache::Hit, name: &str| {
+                build.cache.fetch(hit, &build.store)?;
+                apply_hit(build, snap, &root, name, hit).map(|_| ())
+            };
+            if let Some(rewind) = deferred.apply_all(&mut apply, &mut snap, &mut image, &mut vars) {
+                uncached.insert(rewind.step);
+                n = rewind.step;
+                continue;
+            }
         }
         let (changes, created_by) = match &expanded {
             Instruction::From(_) => bail!("{}:{}: FROM inside a stage", src.file.display(), src.start_line),
@@ -125,7 +160,7 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
             }
             StepChanges::Changed(cs, took) => match write_layer(build, &root, &cs, &label, snap.mode(), took)? {
                 Some(layer) => {
-                    if let Some(step) = cached_step
+                    if let Some(step) = &planned[n]
                         && let Err(e) = build.cache.store(&step.name, &step.inputs, &layer, &build.store)
                     {
                         tracing::warn!("{label}: {e:#}");
@@ -137,6 +172,7 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
         }
         image.config.history.push(history);
         tracing::info!("{label} done in {:.2}s", started.elapsed().as_secs_f64());
+        n += 1;
     }
     if build.settings.single_snapshot && !pending.is_empty() {
         let label = format!("[{prefix}] single snapshot");
@@ -152,7 +188,11 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
             }
         }
     }
-    Ok(StageOutput { root, image })
+    let lazy_hits = deferred.into_hits();
+    if !lazy_hits.is_empty() {
+        tracing::info!("cache: {} cached layer(s) of {} not downloaded: no later step needed them", lazy_hits.len(), stage_title(st));
+    }
+    Ok(StageOutput { root, image, lazy_hits })
 }
 
 /// The cache keys of the stage's steps (None for steps not cached), computed
@@ -188,32 +228,23 @@ fn cache_plan(
     }
 }
 
-/// Looks a step up in the cache; on a hit, applies its layer to the root as
-/// a step strata writes itself (the snapshotter is told what it wrote) and
-/// returns the layer. A hit whose blob cannot be fetched or verified is not
-/// used: the step runs.
-fn apply_cached(
-    build: &Build,
-    snap: &mut Snapshotter,
-    root: &Path,
-    step: &crate::cache::stage::PlannedStep,
-) -> Result<Option<LayerDescriptor>> {
-    let crate::cache::Lookup::Hit(hit) = build.cache.lookup(&step.name, &step.inputs, &build.store) else {
-        return Ok(None);
-    };
-    if let Err(e) = build.cache.fetch(&hit, &build.store) {
-        tracing::warn!("cache: {}: the cached layer is unusable, running the step: {e:#}", step.name);
-        return Ok(None);
-    }
+/// Applies a fetched hit's layer to the root as a step strata writes itself
+/// (the snapshotter is told what it wrote); returns the layer.
+fn apply_hit(build: &Build, snap: &mut Snapshotter, root: &Path, name: &str, hit: &crate::cache::Hit) -> Result<LayerDescriptor> {
     snap.begin_step(strata_snapshotter::StepKind::Write)?;
-    let applied = build.cache.apply(&hit, &build.store, root);
+    let applied = build.cache.apply(hit, &build.store, root);
     if let Ok(paths) = &applied {
         snap.declare_written(paths);
     }
     let finished = snap.finish_step();
-    applied.with_context(|| format!("{}: applying the cached layer", step.name))?;
+    applied.with_context(|| format!("{name}: applying the cached layer"))?;
     finished.context("recording what the cached layer wrote")?;
-    Ok(Some(hit.descriptor()))
+    Ok(hit.descriptor())
+}
+
+/// Whether a step works on the stage root (the others only change the config).
+fn needs_root(instr: &Instruction) -> bool {
+    matches!(instr, Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_))
 }
 
 /// Extracts (or copies) the stage's base into `root`; returns the base image.

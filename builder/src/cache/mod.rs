@@ -258,6 +258,18 @@ impl Cache {
         Some(self.rt().block_on(task).unwrap_or_else(|e| Err(anyhow::anyhow!("cache look-up task failed: {e}"))))
     }
 
+    /// The inputs of the shared cache's latest entry for `step`, to explain a miss.
+    fn remote_last_inputs(&self, step: &str) -> Option<InputDigests> {
+        let remote = self.remote.as_ref()?;
+        match self.rt().block_on(remote.last_inputs(step)) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("cache: {step}: reading the shared cache's last entry of the step: {e:#}");
+                None
+            }
+        }
+    }
+
     /// Looks up the step named `step` (stable across builds, e.g. "stage 0
     /// step 3 (RUN make)"), logs the hit or the miss and why, and remembers the
     /// inputs for the next build's explanation. A local hit's blob is verified
@@ -327,12 +339,11 @@ impl Cache {
             }
         }
         if notes.is_empty() {
-            let previous = self.local.as_ref().and_then(|l| l.last_inputs(step));
+            let previous = self.local.as_ref().and_then(|l| l.last_inputs(step)).or_else(|| self.remote_last_inputs(step));
             notes = match previous {
                 Some(prev) if prev.key() == *key => vec!["not in the cache".to_string()],
                 Some(prev) => digests.changes_from(&prev),
-                None if self.local.is_some() => vec!["not in the cache (no earlier build of this step recorded)".to_string()],
-                None => vec!["not in the cache (give --cache-dir to see what changed between builds)".to_string()],
+                None => vec!["not in the cache (no earlier build of this step recorded)".to_string()],
             };
         }
         Lookup::Miss(notes.join(", "))
@@ -373,6 +384,40 @@ impl Cache {
         Ok(paths)
     }
 
+    /// Makes the layers of `hits` (cache hits never fetched) available to
+    /// the outputs: nothing without outputs; mounted from the cache
+    /// repository when every destination is on its registry and no local
+    /// output needs the bytes; fetched otherwise.
+    pub fn provide_for_delivery(&self, hits: &[Hit], out: &crate::image::options::OutputOptions, into: &BlobStore) -> Result<()> {
+        if hits.is_empty() {
+            return Ok(());
+        }
+        let local_output = out.tar_path.is_some() || out.oci_layout_path.is_some();
+        let destinations = if out.no_push { Vec::new() } else { out.destination_refs()? };
+        if !local_output && destinations.is_empty() {
+            return Ok(());
+        }
+        for hit in hits {
+            if into.contains(&hit.layer.digest) || (!local_output && self.mount_everywhere(hit, &destinations)) {
+                continue;
+            }
+            self.fetch(hit, into)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `hit`'s layer could be mounted into every destination from
+    /// the registry cache.
+    fn mount_everywhere(&self, hit: &Hit, destinations: &[ImageRef]) -> bool {
+        let Some(remote::RemoteCache::Registry { repo, registries }) = &self.remote else { return false };
+        let Ok(source) = ImageRef::parse(&format!("{repo}:{}", hit.key)) else { return false };
+        let desc = crate::image::config::Descriptor::new(&hit.layer.media_type, hit.layer.digest.clone(), hit.layer.size);
+        destinations.iter().all(|dest| {
+            let mounted = self.rt().block_on(registries.mount_blob(dest, &desc, &source));
+            matches!(mounted, Ok(true))
+        })
+    }
+
     /// Caches the layer a missed step made: in the local cache now, and in the
     /// shared cache by a background push (unless `--no-push-cache`).
     pub fn store(&self, step: &str, inputs: &KeyInputs, layer: &LayerDescriptor, from: &BlobStore) -> Result<()> {
@@ -388,8 +433,8 @@ impl Cache {
                 .with_context(|| format!("caching the layer of {step} in {}", local.dir().display()))?;
         }
         if let (Some(remote), false) = (&self.remote, self.opts.no_push_cache) {
-            let (remote, from, key2) = (remote.clone(), from.clone(), key.clone());
-            let task = self.rt().spawn(async move { remote.push(&key2, &cached, &from).await });
+            let (remote, from, key2, step2) = (remote.clone(), from.clone(), key.clone(), step.to_string());
+            let task = self.rt().spawn(async move { remote.push(&step2, &key2, &digests, &cached, &from).await });
             self.pushes.lock().expect("cache pushes lock").push((format!("{step} ({})", key.short()), task));
         }
         Ok(())

@@ -6,6 +6,10 @@
 //! as kaniko stores it. The manifest's annotations carry what a look-up needs
 //! (the layer's diffID and when it was cached), so a look-up is one manifest
 //! request and no blob is read until the layer is wanted ([`RemoteCache::fetch`]).
+//!
+//! Each entry is also tagged `step-<hash of the step's name>`, pointing at
+//! the latest layer of that step: a later miss reads its input digests from
+//! there and says what changed, without any local state.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -16,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::fcntl::{Flock, FlockArg};
 
-use super::keys::CacheKey;
+use super::keys::{CacheKey, InputDigests};
 use super::local::{CachedLayer, now_secs};
 use crate::image::config::{Descriptor, Index, Manifest, ManifestDoc, media};
 use crate::image::digest::Digest;
@@ -27,6 +31,8 @@ use crate::image::store::BlobStore;
 
 const ANN_DIFF_ID: &str = "dev.strata.cache.diff-id";
 const ANN_CREATED: &str = "dev.strata.cache.created";
+/// The digests of the step's inputs (values hashed), for explaining a later miss.
+const ANN_INPUTS: &str = "dev.strata.cache.inputs";
 
 /// Where the shared cache lives.
 #[derive(Clone)]
@@ -84,6 +90,30 @@ impl RemoteCache {
         ImageRef::parse(&format!("{repo}:{key}"))
     }
 
+    /// The tag naming the latest entry of the step called `step`.
+    fn step_tag(step: &str) -> String {
+        format!("step-{}", &blake3::hash(step.as_bytes()).to_hex()[..32])
+    }
+
+    /// The input digests of the latest entry stored for `step`, if any.
+    pub async fn last_inputs(&self, step: &str) -> Result<Option<InputDigests>> {
+        let tag = Self::step_tag(step);
+        let manifest = match self {
+            RemoteCache::Registry { repo, registries } => {
+                match registries.fetch_manifest(&ImageRef::parse(&format!("{repo}:{tag}"))?).await {
+                    Ok((bytes, _, _)) => Some(bytes),
+                    Err(e) if format!("{e:#}").contains("image not found") => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            RemoteCache::Layout { dir } => layout_manifest(dir, &tag)?,
+        };
+        let Some(bytes) = manifest else { return Ok(None) };
+        let ManifestDoc::Image(m) = ManifestDoc::parse(&bytes, None)? else { return Ok(None) };
+        let inputs = m.annotations.as_ref().and_then(|a| a.get(ANN_INPUTS));
+        Ok(inputs.and_then(|json| serde_json::from_str(json).ok()))
+    }
+
     /// Looks `key` up: one manifest request; no blob is read.
     pub async fn lookup(&self, key: &CacheKey, ttl: Duration) -> Result<RemoteLookup> {
         let manifest = match self {
@@ -95,7 +125,7 @@ impl RemoteCache {
                     Err(e) => return Err(e),
                 }
             }
-            RemoteCache::Layout { dir } => layout_manifest(dir, key)?,
+            RemoteCache::Layout { dir } => layout_manifest(dir, key.as_str())?,
         };
         let Some(bytes) = manifest else { return Ok(RemoteLookup::Absent) };
         let hit = parse_cache_manifest(&bytes).with_context(|| format!("cache image {key} in {}", self.describe()))?;
@@ -127,8 +157,9 @@ impl RemoteCache {
         }
     }
 
-    /// Stores `layer` (its blob in `store`) under `key`.
-    pub async fn push(&self, key: &CacheKey, layer: &CachedLayer, store: &BlobStore) -> Result<()> {
+    /// Stores `layer` (its blob in `store`) under `key`, and as the latest
+    /// entry of the step called `step`.
+    pub async fn push(&self, step: &str, key: &CacheKey, inputs: &InputDigests, layer: &CachedLayer, store: &BlobStore) -> Result<()> {
         let config = serde_json::json!({
             "architecture": std::env::consts::ARCH,
             "os": "linux",
@@ -147,6 +178,7 @@ impl RemoteCache {
             annotations: Some(BTreeMap::from([
                 (ANN_DIFF_ID.to_string(), layer.diff_id.to_string()),
                 (ANN_CREATED.to_string(), now_secs().to_string()),
+                (ANN_INPUTS.to_string(), serde_json::to_string(inputs)?),
             ])),
             extra: Default::default(),
         };
@@ -156,15 +188,17 @@ impl RemoteCache {
                 let dest = Self::tagged(repo, key)?;
                 registries.push_blob(&dest, &layer_desc, store, &[]).await?;
                 registries.push_blob(&dest, &config_desc, store, &[]).await?;
-                registries.push_manifest(&dest, &manifest_bytes, media::OCI_MANIFEST).await
+                registries.push_manifest(&dest, &manifest_bytes, media::OCI_MANIFEST).await?;
+                let step_ref = ImageRef::parse(&format!("{repo}:{}", Self::step_tag(step)))?;
+                registries.push_manifest(&step_ref, &manifest_bytes, media::OCI_MANIFEST).await
             }
             RemoteCache::Layout { dir } => {
                 let dir = dir.clone();
                 let store = store.clone();
-                let key = key.clone();
+                let tags = [key.to_string(), Self::step_tag(step)];
                 tokio::task::spawn_blocking(move || {
                     let _lock = lock_layout(&dir)?;
-                    layout::write_image(&dir, &manifest_bytes, media::OCI_MANIFEST, &[&config_desc, &layer_desc], &store, &[key.to_string()])
+                    layout::write_image(&dir, &manifest_bytes, media::OCI_MANIFEST, &[&config_desc, &layer_desc], &store, &tags)
                 })
                 .await
                 .map_err(|e| anyhow!("writing the cache layout: {e}"))?
@@ -188,8 +222,8 @@ fn lock_layout(dir: &Path) -> Result<Flock<File>> {
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
 }
 
-/// The manifest tagged `key` in the layout at `dir`, digest checked.
-fn layout_manifest(dir: &Path, key: &CacheKey) -> Result<Option<Vec<u8>>> {
+/// The manifest tagged `tag` in the layout at `dir`, digest checked.
+fn layout_manifest(dir: &Path, tag: &str) -> Result<Option<Vec<u8>>> {
     let index_path = dir.join("index.json");
     let bytes = match fs::read(&index_path) {
         Ok(b) => b,
@@ -201,7 +235,7 @@ fn layout_manifest(dir: &Path, key: &CacheKey) -> Result<Option<Vec<u8>>> {
         .manifests
         .iter()
         .rev()
-        .find(|d| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).is_some_and(|n| n == key.as_str()));
+        .find(|d| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).is_some_and(|n| n == tag));
     let Some(desc) = found else { return Ok(None) };
     let path = dir.join("blobs/sha256").join(desc.digest.hex());
     let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

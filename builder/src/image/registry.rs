@@ -208,6 +208,25 @@ impl Registries {
         Ok(())
     }
 
+    /// Makes `desc` present in `dest` without uploading it: true if it is
+    /// already there or a cross-repository mount from `source` (on the same
+    /// registry) succeeded, false otherwise.
+    pub async fn mount_blob(&self, dest: &ImageRef, desc: &Descriptor, source: &ImageRef) -> Result<bool> {
+        if source.registry() != dest.registry() {
+            return Ok(false);
+        }
+        let client = self.session(dest, Direction::Push).await?;
+        let (oci_dest, digest) = (dest.to_oci(), desc.digest.to_string());
+        if with_retry(self.opts.push_retry, || client.blob_exists(&oci_dest, &digest)).await.unwrap_or(false) {
+            return Ok(true);
+        }
+        if source.repository() == dest.repository() || client.mount_blob(&oci_dest, &source.to_oci(), &digest).await.is_err() {
+            return Ok(false);
+        }
+        // Some registries answer a refused mount by starting an upload: check.
+        Ok(client.blob_exists(&oci_dest, &digest).await.unwrap_or(false))
+    }
+
     /// Makes sure blob `desc` (in `store`) exists in `dest`'s repository:
     /// skipped if present, mounted from a `mount_from` repository that holds it (same registry) if
     /// possible, else uploaded (in chunks when large).
