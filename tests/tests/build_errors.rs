@@ -16,7 +16,11 @@ fn fails(s: &Scratch, dockerfile: &str, extra: &[&str], expect: &[&str]) {
         "--kaniko-dir", work.to_str().unwrap(),
     ]);
     a.extend(args(extra));
-    let out = strata(&a, &fixture("build/errors"), &[]);
+    // The FUSE mountpoint goes in TMPDIR: a private one tells this build's
+    // mounts from those of builds running next to it.
+    let tmp = s.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = strata(&a, &fixture("build/errors"), &[("TMPDIR", tmp.to_str().unwrap())]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{dockerfile}: {log}");
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("ERRO")).collect();
@@ -26,7 +30,8 @@ fn fails(s: &Scratch, dockerfile: &str, extra: &[&str], expect: &[&str]) {
     }
     assert!(leftover_builds(&work).is_empty(), "{dockerfile}: build directory left behind");
     assert!(mounts_under(&work).is_empty(), "{dockerfile}: mounts left behind");
-    assert!(mounts_under(std::path::Path::new("strata-fuse-")).is_empty());
+    assert!(mounts_under(&tmp).is_empty(), "{dockerfile}: FUSE mount left behind");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{dockerfile}: temporary files left behind");
     assert!(!layout.exists(), "{dockerfile}: no output after a failure");
 }
 
