@@ -40,9 +40,13 @@ pub fn build_stage(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
 }
 
 fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
-    let root = build.work.build_dir().join(format!("stage-{}", st.index));
-    let mut image = prepare_root(build, st, &root)?;
+    let staged = build.work.build_dir().join(format!("stage-{}", st.index));
+    let mut image = prepare_root(build, st, &staged)?;
     build.check_cancelled()?;
+    let root = match &build.host_root {
+        Some(host) => host.enter(&staged)?,
+        None => staged.clone(),
+    };
 
     let triggers = image.config.config.on_build.take().unwrap_or_default();
     prepare_config(&mut image.config);
@@ -60,8 +64,11 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
     }
     instructions.extend(st.instructions.iter().cloned());
 
-    let mut snap = Snapshotter::new(&root, build.settings.snapshot_mode, build.settings.excluded.clone())
-        .with_context(|| format!("snapshotting {}", root.display()))?;
+    let (mode, excluded) = match &build.host_root {
+        Some(host) => (host.snapshot_mode(), host.excluded()),
+        None => (build.settings.snapshot_mode, build.settings.excluded.clone()),
+    };
+    let mut snap = Snapshotter::new(&root, mode, excluded).with_context(|| format!("snapshotting {}", root.display()))?;
     let total = instructions.len();
     let mut pending = ChangeSet::default();
     let prefix = match &st.name {
@@ -152,6 +159,10 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
             }
         }
     }
+    let root = match &build.host_root {
+        Some(host) => host.leave(build, st, &staged)?,
+        None => root,
+    };
     Ok(StageOutput { root, image })
 }
 

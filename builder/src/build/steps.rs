@@ -44,8 +44,13 @@ pub fn run(
         Some(dockerfile::Network::Host) => bail!("RUN --network=host is not supported (use default or none)"),
     };
     let isolation = build.isolation()?;
-    if isolation == run::Isolation::HostRoot {
-        bail!("RUN needs isolation this environment does not allow (no chroot); building in the container's own root is not supported by the executor yet");
+    if isolation == run::Isolation::HostRoot && build.host_root.is_none() {
+        // The build chose where to build before its first stage, from the Dockerfile's RUNs.
+        bail!(
+            "this RUN comes from a base image's ONBUILD trigger in a Dockerfile without RUN of its own: at isolation \
+             level \"{isolation}\" it must run in the container's own root, which the build did not prepare; add a \
+             RUN to the Dockerfile"
+        );
     }
     let (argv, files) = run_argv(config, &instr.command, &instr.heredocs);
 
