@@ -176,6 +176,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         host_root: None,
     };
     build.host_root = hostroot::HostRoot::for_build(&build)?;
+    let _cleanup = build.host_root.as_ref().and_then(|h| h.cleanup_guard(build.args.options.cleanup));
     let target = run_stages(&build)?;
     build.check_cancelled()?;
 

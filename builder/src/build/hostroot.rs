@@ -10,7 +10,7 @@
 //! work directory before the next replaces `/`.
 //!
 //! The ignore list, never removed, overwritten or snapshotted: /proc, /sys,
-//! /dev, every mountpoint (volumes, the /etc/resolv.conf bind mounts, ...),
+//! /dev, /etc/mtab, /busybox, every mountpoint (volumes, the /etc/resolv.conf bind mounts, ...),
 //! the work directory, the build context, the strata binary, local build
 //! contexts and secret files, the output paths, `--ignore-path` values and
 //! /var/run (unless `--ignore-var-run=false`).
@@ -19,7 +19,6 @@
 //! level, which is chosen only inside a container or with `--force`.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -31,6 +30,10 @@ use crate::exec::run::Isolation;
 use crate::exec::scoped;
 use crate::image::options::ContextSource;
 use crate::plan;
+
+/// Always left alone: kernel filesystems, the mount table, and the debug
+/// executor image's busybox (which CI job scripts run from).
+const DEFAULT_IGNORED: [&str; 5] = ["proc", "sys", "dev", "etc/mtab", "busybox"];
 
 /// The container's root as the build's stage root.
 pub struct HostRoot {
@@ -82,7 +85,7 @@ impl HostRoot {
     /// The ignore list from `paths` (what each is, path) and the mountpoints
     /// in `mountinfo`.
     fn new(paths: &[(&str, PathBuf)], mountinfo: &str, mode: SnapshotMode) -> Result<HostRoot> {
-        let mut ignored: Vec<PathBuf> = ["proc", "sys", "dev"].iter().map(PathBuf::from).collect();
+        let mut ignored: Vec<PathBuf> = DEFAULT_IGNORED.iter().map(PathBuf::from).collect();
         for mountpoint in mountpoints(mountinfo) {
             let rel = scoped::clean(&mountpoint);
             if !rel.as_os_str().is_empty() {
@@ -138,10 +141,8 @@ impl HostRoot {
         let slash = Path::new("/");
         self.wipe(Path::new(""))
             .context("emptying / for the stage")?;
-        let same_fs = fs::symlink_metadata(staged)?.dev() == fs::symlink_metadata(slash)?.dev();
-        if same_fs {
-            self.move_in(staged, Path::new(""))?;
-        } else {
+        if !self.move_in(staged, Path::new(""))? {
+            // Another filesystem: what was not moved yet is copied.
             tree::copy_tree_filtered(staged, slash, &|rel| self.installable(staged, rel))?;
         }
         fs::remove_dir_all(staged).with_context(|| format!("removing {}", staged.display()))?;
@@ -167,6 +168,12 @@ impl HostRoot {
                 )
             })?;
         Ok(saved.to_path_buf())
+    }
+
+    /// With `--cleanup`: a guard that empties `/` (but the ignore list) when
+    /// the build ends, whatever the outcome, as kaniko's `--cleanup` does.
+    pub fn cleanup_guard(&self, cleanup: bool) -> Option<CleanupGuard<'_>> {
+        cleanup.then_some(CleanupGuard(self))
     }
 
     fn is_ignored(&self, rel: &Path) -> bool {
@@ -208,9 +215,10 @@ impl HostRoot {
         Ok(())
     }
 
-    /// Moves the entries under `staged/rel` to `/rel` by renaming (the
-    /// staging directory is on the root's filesystem), leaving out ignored paths.
-    fn move_in(&self, staged: &Path, rel: &Path) -> Result<()> {
+    /// Moves the entries under `staged/rel` to `/rel` by renaming them,
+    /// leaving out ignored paths. False (having moved some) when the staging
+    /// directory is on another filesystem than `/rel`.
+    fn move_in(&self, staged: &Path, rel: &Path) -> Result<bool> {
         let mut entries: Vec<_> =
             fs::read_dir(staged.join(rel))?.collect::<std::io::Result<_>>()?;
         entries.sort_by_key(|e| e.file_name());
@@ -221,20 +229,28 @@ impl HostRoot {
             }
             let (src, dst) = (entry.path(), Path::new("/").join(&rel));
             if !self.holds_ignored(&rel) {
-                fs::rename(&src, &dst)
-                    .with_context(|| format!("moving {} to {}", src.display(), dst.display()))?;
-                continue;
+                match fs::rename(&src, &dst) {
+                    Ok(()) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Ok(false),
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("moving {} to {}", src.display(), dst.display())
+                        });
+                    }
+                }
             }
             // A directory around ignored paths: filled entry by entry.
             if fs::symlink_metadata(&dst).is_err() {
                 fs::create_dir(&dst).with_context(|| format!("creating {}", dst.display()))?;
             }
-            self.move_in(staged, &rel)?;
+            if !self.move_in(staged, &rel)? {
+                return Ok(false);
+            }
             let meta = fs::symlink_metadata(&src)?;
             tree::copy_attrs(&src, &dst, &meta)?;
             tree::set_times(&dst, &meta)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Whether the staged entry `rel` may go into `/`: not ignored, and, where
@@ -257,6 +273,18 @@ impl HostRoot {
             );
         }
         ok
+    }
+}
+
+/// Empties `/` when dropped; see [`HostRoot::cleanup_guard`].
+pub struct CleanupGuard<'a>(&'a HostRoot);
+
+impl Drop for CleanupGuard<'_> {
+    fn drop(&mut self) {
+        match self.0.wipe(Path::new("")) {
+            Ok(()) => tracing::info!("--cleanup: emptied the container's root"),
+            Err(e) => tracing::warn!("--cleanup: emptying the container's root: {e:#}"),
+        }
     }
 }
 
