@@ -144,10 +144,12 @@ fn enter_pod(pod: &CString, mounts: &[Mount]) -> std::io::Result<()> {
 /// A throwaway pod around one build.
 struct Pod {
     dir: tempfile::TempDir,
+    /// /kaniko is a volume of its own (an emptyDir), not part of the root.
+    kaniko_volume: bool,
 }
 
 impl Pod {
-    fn new() -> Pod {
+    fn new(kaniko_volume: bool) -> Pod {
         let dir = tempfile::Builder::new()
             .prefix("strata-pod-test-")
             .tempdir()
@@ -165,12 +167,19 @@ impl Pod {
         .unwrap();
         std::fs::write(p.join("out/keep-me"), "a file on the output volume\n").unwrap();
         std::fs::write(p.join("host-sentinel"), "outside the pod\n").unwrap();
-        Pod { dir }
+        std::fs::create_dir_all(p.join("kaniko-volume")).unwrap();
+        std::fs::write(p.join("kaniko-volume/strata"), "").unwrap();
+        Pod { dir, kaniko_volume }
     }
 
     /// Names in the pod's /kaniko.
     fn work_dir(&self) -> Vec<String> {
-        std::fs::read_dir(self.path("root/kaniko"))
+        let dir = if self.kaniko_volume {
+            "kaniko-volume"
+        } else {
+            "root/kaniko"
+        };
+        std::fs::read_dir(self.path(dir))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
@@ -189,7 +198,11 @@ impl Pod {
             fstype: None,
             flags: libc::MS_BIND | extra,
         };
-        let mounts = vec![
+        let mut mounts = Vec::new();
+        if self.kaniko_volume {
+            mounts.push(bind(self.path("kaniko-volume"), "kaniko", 0));
+        }
+        mounts.extend([
             bind(strata_bin(), "kaniko/strata", 0),
             bind(self.path("context"), "workspace", 0),
             bind(self.path("out"), "out", 0),
@@ -202,7 +215,7 @@ impl Pod {
                 fstype: Some(c"proc".into()),
                 flags: 0,
             },
-        ];
+        ]);
         let pod = cstr(&root);
         let mut cmd = Command::new("/kaniko/strata");
         cmd.args(args)
@@ -241,7 +254,7 @@ fn builds_in_the_container_root_of_a_plain_pod() {
     {
         return;
     }
-    let pod = Pod::new();
+    let pod = Pod::new(false);
     std::fs::write(pod.path("context/Dockerfile"), DOCKERFILE).unwrap();
     std::fs::write(pod.path("context/app.txt"), "from the context\n").unwrap();
 
@@ -376,7 +389,9 @@ fn redo_mode_ignore_path_cleanup_and_a_failing_run_in_the_container_root() {
     {
         return;
     }
-    let pod = Pod::new();
+    // /kaniko is a volume: the stage's base, staged there, is copied into /
+    // rather than moved (rename cannot cross mounts).
+    let pod = Pod::new(true);
     std::fs::write(
         pod.path("context/Dockerfile"),
         "FROM base\nRUN mkdir -p /var/cache/app /data && echo cached > /var/cache/app/x && echo kept > /data/y\n",
@@ -394,6 +409,7 @@ fn redo_mode_ignore_path_cleanup_and_a_failing_run_in_the_container_root() {
         "/out/oci",
         "--force",
         "--snapshot-mode=redo",
+        "--verbosity=debug",
         "--ignore-path=/var/cache/app",
         "--cleanup",
     ];
@@ -407,6 +423,7 @@ fn redo_mode_ignore_path_cleanup_and_a_failing_run_in_the_container_root() {
         log.contains("--cleanup: emptied the container's root"),
         "{log}"
     );
+    assert!(log.contains("is on another mount than /: copying"), "{log}");
     let rootfs = tools::umoci_unpack(&pod.path("out/oci"), "2", &pod.path("bundle"));
     assert_eq!(
         std::fs::read_to_string(rootfs.join("data/y")).unwrap(),

@@ -12,8 +12,9 @@
 //! The ignore list, never removed, overwritten or snapshotted: /proc, /sys,
 //! /dev, /etc/mtab, /busybox, every mountpoint (volumes, the /etc/resolv.conf bind mounts, ...),
 //! the work directory, the build context, the strata binary, local build
-//! contexts and secret files, the output paths, `--ignore-path` values and
-//! /var/run (unless `--ignore-var-run=false`).
+//! contexts, secret files, registry certificates, `--cache-dir`, docker
+//! credentials and CA certificates named by the environment, the output
+//! paths, `--ignore-path` values and /var/run (unless `--ignore-var-run=false`).
 //!
 //! This replaces the container's files: it is only reached at the HostRoot
 //! level, which is chosen only inside a container or with `--force`.
@@ -143,6 +144,10 @@ impl HostRoot {
             .context("emptying / for the stage")?;
         if !self.move_in(staged, Path::new(""))? {
             // Another filesystem: what was not moved yet is copied.
+            tracing::debug!(
+                "{} is on another mount than /: copying the stage's root",
+                staged.display()
+            );
             tree::copy_tree_filtered(staged, slash, &|rel| self.installable(staged, rel))?;
         }
         fs::remove_dir_all(staged).with_context(|| format!("removing {}", staged.display()))?;
@@ -304,6 +309,21 @@ fn ignore_candidates(build: &Build) -> Result<Vec<(&'static str, PathBuf)>> {
     for c in &build.args.input.build_contexts {
         if let ContextSource::OciLayout { dir, .. } = &c.source {
             out.push(("--build-context", dir.clone()));
+        }
+    }
+    for c in &build.args.registry.registry_certificates {
+        out.push(("--registry-certificate", c.path.clone()));
+    }
+    if let Some(dir) = &build.args.cache.cache_dir {
+        out.push(("--cache-dir", dir.clone()));
+    }
+    // Credentials and CA certificates read from the environment, where present.
+    let home_docker = std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker"));
+    let from_env = ["DOCKER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR"]
+        .map(|v| std::env::var_os(v).map(PathBuf::from));
+    for p in from_env.into_iter().chain([home_docker]).flatten() {
+        if p.is_absolute() && p.exists() {
+            out.push(("a credentials or certificates path", p));
         }
     }
     for s in &build.args.input.secrets {
