@@ -12,7 +12,9 @@
 //!
 //! Everything the build creates lives under the work directory and is removed
 //! on success, failure and Ctrl-C alike (a signal kills the running RUN, the
-//! stage threads stop at their next instruction, and the directories drop).
+//! stage threads stop at their next instruction, and the directories drop);
+//! at the container root level, `/` is left holding the target stage's files
+//! (emptied with `--cleanup`), as kaniko leaves it.
 
 mod hostroot;
 mod settings;

@@ -10,9 +10,9 @@
 //! work directory before the next replaces `/`.
 //!
 //! The ignore list, never removed, overwritten or snapshotted: /proc, /sys,
-//! /dev, /etc/mtab, /busybox, every mountpoint (volumes, the /etc/resolv.conf bind mounts, ...),
-//! the work directory, the build context, the strata binary, local build
-//! contexts, secret files, registry certificates, `--cache-dir`, docker
+//! /dev, /etc/mtab, /busybox, every mountpoint (volumes, the /etc/resolv.conf
+//! bind mounts, ...), the work directory, the build context, the strata
+//! binary, local build contexts, secret files, registry certificates, `--cache-dir`, docker
 //! credentials and CA certificates named by the environment, the output
 //! paths, `--ignore-path` values and /var/run (unless `--ignore-var-run=false`).
 //!
@@ -104,8 +104,8 @@ impl HostRoot {
                 let rel = scoped::clean(p);
                 if rel.as_os_str().is_empty() {
                     bail!(
-                        "{what} {} is /: building in the container's own root (isolation: {}) replaces / and \
-                         cannot keep it",
+                        "{what} ({}) is the whole root: building in the container's own root (isolation: {}) \
+                         replaces everything in / but the paths the build needs, so none of them can be / itself",
                         path.display(),
                         Isolation::HostRoot
                     );
@@ -438,6 +438,9 @@ mod tests {
         .err()
         .unwrap()
         .to_string();
-        assert!(err.contains("the build context / is /"), "{err}");
+        assert!(
+            err.contains("the build context (/) is the whole root"),
+            "{err}"
+        );
     }
 }

@@ -47,9 +47,9 @@ pub fn run(
     if isolation == run::Isolation::HostRoot && build.host_root.is_none() {
         // The build chose where to build before its first stage, from the Dockerfile's RUNs.
         bail!(
-            "this RUN comes from a base image's ONBUILD trigger in a Dockerfile without RUN of its own: at isolation \
-             level \"{isolation}\" it must run in the container's own root, which the build did not prepare; add a \
-             RUN to the Dockerfile"
+            "at isolation level \"{isolation}\" RUN runs in the container's own root, which strata prepares only \
+             for a Dockerfile with a RUN of its own; this RUN comes from the base image's ONBUILD triggers (add a \
+             RUN to the Dockerfile, e.g. `RUN true`)"
         );
     }
     let (argv, files) = run_argv(config, &instr.command, &instr.heredocs);
