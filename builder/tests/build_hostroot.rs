@@ -76,7 +76,12 @@ fn make_pod_root(pod: &Path) {
     std::fs::write(pod.join("etc/resolv.conf"), "").unwrap();
     std::fs::write(pod.join("etc/pod-marker"), "the container's own file\n").unwrap();
     std::fs::write(pod.join("usr/share/pod/data"), "the container's own data\n").unwrap();
-    let ldd = tools::run_ok(Command::new("ldd").arg(strata_bin()));
+    // A static binary has none (ldd then fails, saying so).
+    let ldd = Command::new("ldd")
+        .arg(strata_bin())
+        .output()
+        .expect("running ldd");
+    let ldd = String::from_utf8_lossy(&ldd.stdout);
     for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
         let to = pod.join(lib.trim_start_matches('/'));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
