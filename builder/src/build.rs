@@ -4,15 +4,20 @@
 //!    Dockerfile; parse and plan (needed stages only, in dependency order).
 //! 2. Build every needed stage ([`stage`]), each in its own root under the
 //!    work directory; stages run in parallel threads, each waiting only for
-//!    the stages it depends on (FROM, COPY --from, RUN --mount from=).
+//!    the stages it depends on (FROM, COPY --from, RUN --mount from=). At the
+//!    last isolation level, the stages run one by one in the container's own
+//!    root instead ([`hostroot`]).
 //! 3. Deliver the target stage's image (push, docker-archive, OCI layout,
 //!    digest files) and log its digest and where the outputs went.
 //!
 //! Everything the build creates lives under the work directory and is removed
 //! on success, failure and Ctrl-C alike (a signal kills the running RUN, the
-//! stage threads stop at their next instruction, and the directories drop).
+//! stage threads stop at their next instruction, and the directories drop);
+//! at the container root level, `/` is left holding the target stage's files
+//! (emptied with `--cleanup`), as kaniko leaves it.
 
 mod deferred;
+mod hostroot;
 mod settings;
 mod sources;
 mod stage;
@@ -62,6 +67,8 @@ pub struct Build {
     pub(crate) images: sources::ImageRoots,
     /// The layer cache (`--cache`, `--cache-dir`, `--cache-repo`).
     pub cache: crate::cache::Cache,
+    /// Set when the stages are built in the container's own root.
+    host_root: Option<hostroot::HostRoot>,
 }
 
 impl Build {
@@ -158,7 +165,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
 
     let registries = Arc::new(crate::image::registry::Registries::new(&args.registry)?);
     let cache = crate::cache::Cache::open(&args.cache, &args.output.destination_refs()?, registries)?;
-    let build = Build {
+    let mut build = Build {
         cache,
         args,
         settings,
@@ -172,7 +179,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
         finished: Condvar::new(),
         cancelled,
         images: sources::ImageRoots::default(),
+        host_root: None,
     };
+    build.host_root = hostroot::HostRoot::for_build(&build)?;
+    let _cleanup = build.host_root.as_ref().and_then(|h| h.cleanup_guard(build.args.options.cleanup));
     let target = run_stages(&build)?;
     build.check_cancelled()?;
 
@@ -200,6 +210,14 @@ pub fn run(args: BuildArgs) -> Result<()> {
 /// Builds every planned stage, each in its own thread once its
 /// dependencies are done; returns the target stage.
 fn run_stages(build: &Build) -> Result<Arc<StageOutput>> {
+    if build.host_root.is_some() {
+        // One root for all: the stages take turns, in dependency order.
+        for st in &build.plan.stages {
+            let out = stage::build_stage(build, st)?;
+            build.publish(st.index, Some(Arc::new(out)));
+        }
+        return build.wait_for_stage(build.plan.target);
+    }
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for st in &build.plan.stages {

@@ -198,7 +198,7 @@ pub struct Unsupported {
     /// Compressed cache layers: strata always compresses them (=false is rejected).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub compressed_caching: Option<bool>,
-    /// Kaniko's host-filesystem materialisation (strata never builds in its own root).
+    /// Kaniko's root-filesystem materialisation (rejected: see `check`).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub materialize: Option<bool>,
     /// Kaniko's context preservation between stages (strata never changes the context).
@@ -215,7 +215,7 @@ impl Unsupported {
     pub fn check(&self) -> anyhow::Result<()> {
         let bools = [
             ("--compressed-caching=false", self.compressed_caching.map(|v| !v), "strata always caches layers compressed, as they are pushed"),
-            ("--materialize", self.materialize, "strata never builds in its own root filesystem, so there is nothing to materialise"),
+            ("--materialize", self.materialize, "strata builds in its own root only at the container-root isolation level, where that root always ends up holding the target stage (cache hits included), so there is nothing to ask for"),
             ("--preserve-context", self.preserve_context, "strata never modifies the build context, so it needs no preserving"),
             ("--force-build-metadata", self.force_build_metadata, "not supported"),
         ];

@@ -41,9 +41,13 @@ pub fn build_stage(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
 }
 
 fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
-    let root = build.work.build_dir().join(format!("stage-{}", st.index));
-    let mut image = prepare_root(build, st, &root)?;
+    let staged = build.work.build_dir().join(format!("stage-{}", st.index));
+    let mut image = prepare_root(build, st, &staged)?;
     build.check_cancelled()?;
+    let root = match &build.host_root {
+        Some(host) => host.enter(&staged)?,
+        None => staged.clone(),
+    };
 
     let triggers = image.config.config.on_build.take().unwrap_or_default();
     prepare_config(&mut image.config);
@@ -61,8 +65,11 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
     }
     instructions.extend(st.instructions.iter().cloned());
 
-    let mut snap = Snapshotter::new(&root, build.settings.snapshot_mode, build.settings.excluded.clone())
-        .with_context(|| format!("snapshotting {}", root.display()))?;
+    let (mode, excluded) = match &build.host_root {
+        Some(host) => (host.snapshot_mode(), host.excluded()),
+        None => (build.settings.snapshot_mode, build.settings.excluded.clone()),
+    };
+    let mut snap = Snapshotter::new(&root, mode, excluded).with_context(|| format!("snapshotting {}", root.display()))?;
     let total = instructions.len();
     let mut pending = ChangeSet::default();
     let prefix = match &st.name {
@@ -71,8 +78,9 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
     };
     let planned = cache_plan(build, st, &image, &vars, &instructions);
     // Only the target stage's root is used by no other stage: there a hit's
-    // layer need not be applied until a later step runs on the root.
-    let defer_hits = st.index == build.plan.target;
+    // layer need not be applied until a later step runs on the root. (In the
+    // container's own root, kaniko's way, the root is left holding the image.)
+    let defer_hits = st.index == build.plan.target && build.host_root.is_none();
     let mut deferred = DeferredHits::default();
     // Steps whose deferred hit proved unusable: they run, uncached.
     let mut uncached = std::collections::HashSet::new();
@@ -188,6 +196,10 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
             }
         }
     }
+    let root = match &build.host_root {
+        Some(host) => host.leave(build, st, &staged)?,
+        None => root,
+    };
     let lazy_hits = deferred.into_hits();
     if !lazy_hits.is_empty() {
         tracing::info!("cache: {} cached layer(s) of {} not downloaded: no later step needed them", lazy_hits.len(), stage_title(st));

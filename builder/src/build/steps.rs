@@ -44,8 +44,13 @@ pub fn run(
         Some(dockerfile::Network::Host) => bail!("RUN --network=host is not supported (use default or none)"),
     };
     let isolation = build.isolation()?;
-    if isolation == run::Isolation::HostRoot {
-        bail!("RUN needs isolation this environment does not allow (no chroot); building in the container's own root is not supported by the executor yet");
+    if isolation == run::Isolation::HostRoot && build.host_root.is_none() {
+        // The build chose where to build before its first stage, from the Dockerfile's RUNs.
+        bail!(
+            "at isolation level \"{isolation}\" RUN runs in the container's own root, which strata prepares only \
+             for a Dockerfile with a RUN of its own; this RUN comes from the base image's ONBUILD triggers (add a \
+             RUN to the Dockerfile, e.g. `RUN true`)"
+        );
     }
     let (argv, files) = run_argv(config, &instr.command, &instr.heredocs);
 

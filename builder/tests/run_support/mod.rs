@@ -176,3 +176,55 @@ pub fn processes(cmdline: &str) -> usize {
         })
         .count()
 }
+
+/// Installs a seccomp filter that denies new user namespaces to this process
+/// and its children, as Docker's default profile does for a container without
+/// CAP_SYS_ADMIN (clone3 reports ENOSYS so callers fall back to clone, whose
+/// flags are checked). `tsync` applies it to every thread. Only raw system
+/// calls on stack data, so it may run between fork and exec; false on failure.
+pub fn seccomp_deny_user_namespaces(tsync: bool) -> bool {
+    #[repr(C)]
+    struct SockFilter {
+        code: u16,
+        jt: u8,
+        jf: u8,
+        k: u32,
+    }
+    #[repr(C)]
+    struct SockFprog {
+        len: u16,
+        filter: *const SockFilter,
+    }
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JSET_K: u16 = 0x45;
+    const RET_K: u16 = 0x06;
+    const ALLOW: u32 = 0x7fff_0000;
+    const ERRNO: u32 = 0x0005_0000;
+    let f = |code, jt, jf, k| SockFilter { code, jt, jf, k };
+    let prog = [
+        f(LD_W_ABS, 0, 0, 0),
+        f(JEQ_K, 0, 1, libc::SYS_clone3 as u32),
+        f(RET_K, 0, 0, ERRNO | libc::ENOSYS as u32),
+        f(JEQ_K, 1, 0, libc::SYS_unshare as u32),
+        f(JEQ_K, 0, 3, libc::SYS_clone as u32),
+        f(LD_W_ABS, 0, 0, 16), // args[0], low 32 bits
+        f(JSET_K, 0, 1, libc::CLONE_NEWUSER as u32),
+        f(RET_K, 0, 0, ERRNO | libc::EPERM as u32),
+        f(RET_K, 0, 0, ALLOW),
+    ];
+    let fprog = SockFprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr(),
+    };
+    // SAFETY: prctl and seccomp on a filter that lives for the whole call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::syscall(
+                libc::SYS_seccomp,
+                1, /* SET_MODE_FILTER */
+                tsync as libc::c_ulong,
+                &fprog as *const SockFprog,
+            ) == 0
+    }
+}
