@@ -64,6 +64,7 @@ fn full_fixture_builds_the_image_docker_would() {
     // ADD: a local archive is extracted, a plain file copied with --chown.
     assert_eq!(read("opt/unpacked/inside/file.txt"), "inside\n");
     assert_eq!(meta("opt/added.txt").uid(), 1000);
+    assert_eq!(meta("opt/added.txt").mode() & 0o7777, 0o755, "symbolic --chmod=u=rwx,go=rx");
     // Heredocs: COPY <<EOF with ARG expansion, RUN <<EOT.
     assert_eq!(read("opt/heredoc.txt"), "heredoc-run\n");
     assert_eq!(meta("opt/app/bin/hello").mode() & 0o777, 0o755);

@@ -17,6 +17,7 @@ use crate::dockerfile::{self, Command, Heredoc, InlineSource};
 use crate::exec::copy::{self as copier, CopyOptions, Excluder, NothingExcluded, SourceTree, Written};
 use crate::exec::metadata::{self, StageVars};
 use crate::exec::run::{self, MountSpec, RunFile, RunRequest};
+use crate::exec::chmod::Chmod;
 use crate::exec::{scoped, user};
 use crate::image::config::ImageConfig;
 
@@ -168,7 +169,7 @@ pub fn copy(build: &Build, snap: &mut Snapshotter, root: &Path, config: &ImageCo
     let exclude = copier::exclude_patterns(&instr.exclude)?;
     let opts = CopyOptions {
         owner: chown(root, instr.chown.as_deref())?,
-        chmod: instr.chmod.as_deref().map(copier::parse_chmod).transpose()?,
+        chmod: instr.chmod.as_deref().map(Chmod::parse).transpose()?,
         parents: instr.parents,
         exclude: exclude.as_ref().map(|m| m as &dyn Excluder),
     };
@@ -196,7 +197,7 @@ pub fn add(build: &Build, snap: &mut Snapshotter, root: &Path, config: &ImageCon
     let exclude = copier::exclude_patterns(&instr.exclude)?;
     let opts = CopyOptions {
         owner: chown(root, instr.chown.as_deref())?,
-        chmod: instr.chmod.as_deref().map(copier::parse_chmod).transpose()?,
+        chmod: instr.chmod.as_deref().map(Chmod::parse).transpose()?,
         parents: false,
         exclude: exclude.as_ref().map(|m| m as &dyn Excluder),
     };

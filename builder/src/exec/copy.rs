@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::Digest;
 
+use super::chmod::Chmod;
 use super::{archive, context::GitOptions, context::GitSource, scoped};
 
 /// Decides which files of a source tree COPY may see (`.dockerignore`,
@@ -86,7 +87,7 @@ pub struct SourceTree<'a> {
 /// the stage's /etc/passwd and /etc/group before coming here).
 pub struct CopyOptions<'a> {
     pub owner: Option<(u32, u32)>,
-    pub chmod: Option<u32>,
+    pub chmod: Option<Chmod>,
     pub parents: bool,
     pub exclude: Option<&'a dyn Excluder>,
 }
@@ -116,14 +117,6 @@ impl Written {
             }
         }
         all
-    }
-}
-
-/// Parses `--chmod`: an octal mode such as 755 or 0644.
-pub fn parse_chmod(value: &str) -> Result<u32> {
-    match u32::from_str_radix(value, 8) {
-        Ok(mode) if mode <= 0o7777 => Ok(mode),
-        _ => bail!("--chmod={value}: expected an octal mode such as 0755"),
     }
 }
 
@@ -386,7 +379,7 @@ impl<'a> Copier<'a> {
             let target = self.make_dirs(&target_rel)?;
             self.copy_dir_contents(tree, &m.host, &m.rel, &m.rel, &target)?;
             if !existed {
-                self.apply_metadata(&target, &meta, true)?;
+                self.apply_metadata(&target, &meta)?;
             }
             return Ok(());
         }
@@ -428,7 +421,7 @@ impl<'a> Copier<'a> {
                     self.make_dir(&target)?;
                     self.copy_dir_contents(tree, &entry.path(), &child_rel, source_rel, &target)?;
                 }
-                self.apply_metadata(&target, &meta, false)?;
+                self.apply_metadata(&target, &meta)?;
                 self.written.add(self.root, &target);
             } else {
                 if !dst.is_dir() {
@@ -470,7 +463,7 @@ impl<'a> Copier<'a> {
         let ft = meta.file_type();
         if meta.is_dir() {
             self.make_dir(target)?;
-            self.apply_metadata(target, meta, false)?;
+            self.apply_metadata(target, meta)?;
             self.written.add(self.root, target);
             return Ok(());
         }
@@ -482,7 +475,7 @@ impl<'a> Copier<'a> {
         if ft.is_symlink() {
             let link = fs::read_link(src)?;
             std::os::unix::fs::symlink(&link, target).with_context(|| format!("creating symlink {}", target.display()))?;
-            self.apply_metadata(target, meta, false)?;
+            self.apply_metadata(target, meta)?;
         } else if ft.is_file() {
             let key = (meta.dev(), meta.ino());
             if meta.nlink() > 1 {
@@ -494,7 +487,7 @@ impl<'a> Copier<'a> {
                 self.links.insert(key, target.to_path_buf());
             }
             fs::copy(src, target).with_context(|| format!("copying {} to {}", src.display(), target.display()))?;
-            self.apply_metadata(target, meta, false)?;
+            self.apply_metadata(target, meta)?;
         } else {
             tracing::warn!("skipping {}: sockets, fifos and device nodes are not copied", src.display());
             return Ok(());
@@ -504,12 +497,14 @@ impl<'a> Copier<'a> {
     }
 
     /// Owner (0:0 or --chown), mode (source or --chmod) and mtime (source).
-    fn apply_metadata(&self, target: &Path, meta: &Metadata, top: bool) -> Result<()> {
+    fn apply_metadata(&self, target: &Path, meta: &Metadata) -> Result<()> {
         let (uid, gid) = self.owner();
         std::os::unix::fs::lchown(target, Some(uid), Some(gid)).with_context(|| format!("chown {}", target.display()))?;
         if !meta.file_type().is_symlink() {
-            let mode = self.opts.chmod.unwrap_or(meta.mode() & 0o7777);
-            let mode = if top && self.opts.chmod.is_none() { meta.mode() & 0o7777 } else { mode };
+            let mode = match &self.opts.chmod {
+                Some(chmod) => chmod.apply(meta.mode(), meta.is_dir()),
+                None => meta.mode() & 0o7777,
+            };
             fs::set_permissions(target, fs::Permissions::from_mode(mode))?;
         }
         let mtime = filetime::FileTime::from_last_modification_time(meta);
@@ -579,7 +574,7 @@ impl<'a> Copier<'a> {
         fs::copy(tmp.path(), &target)?;
         let (uid, gid) = self.owner();
         std::os::unix::fs::lchown(&target, Some(uid), Some(gid))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(self.opts.chmod.unwrap_or(0o600)))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(self.opts.chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false))))?;
         if let Some(t) = modified {
             let t = filetime::FileTime::from_unix_time(t, 0);
             filetime::set_file_times(&target, t, t)?;
@@ -677,7 +672,7 @@ mod tests {
     #[test]
     fn wildcards_chmod_chown_and_parents() {
         let (_d, ctx, root) = setup();
-        let o = CopyOptions { owner: Some((1000, 1001)), chmod: Some(0o640), parents: false, exclude: None };
+        let o = CopyOptions { owner: Some((1000, 1001)), chmod: Some(Chmod::Octal(0o640)), parents: false, exclude: None };
         copy(&tree(&ctx), &["*.txt".into()], "/t/", Path::new("/"), &root, &o).unwrap();
         let m = fs::metadata(root.join("t/b.txt")).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1000, 1001, 0o640));
@@ -761,7 +756,5 @@ mod tests {
     fn checksum_and_chmod_parsing() {
         assert!(parse_checksum("sha256:abc").is_err());
         assert!(parse_checksum(&format!("sha256:{}", "a".repeat(64))).is_ok());
-        assert_eq!(parse_chmod("755").unwrap(), 0o755);
-        assert!(parse_chmod("u+x").is_err());
     }
 }

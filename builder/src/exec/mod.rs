@@ -3,6 +3,7 @@
 //! image config changes of metadata instructions.
 
 pub mod archive;
+pub mod chmod;
 pub mod context;
 pub mod copy;
 pub mod metadata;
