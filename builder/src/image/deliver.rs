@@ -59,7 +59,12 @@ impl BuiltImage {
     pub fn from_base(base: &BaseImage) -> Result<BuiltImage> {
         let diff_ids = &base.config.rootfs.diff_ids;
         if diff_ids.len() != base.layers.len() {
-            bail!("image {}: config lists {} diff_ids for {} layers", base.reference, diff_ids.len(), base.layers.len());
+            bail!(
+                "image {}: config lists {} diff_ids for {} layers",
+                base.reference,
+                diff_ids.len(),
+                base.layers.len()
+            );
         }
         let layers = base
             .layers
@@ -78,7 +83,10 @@ impl BuiltImage {
             mount_sources: base
                 .registry_ref
                 .iter()
-                .map(|r| MountSource { image: r.clone(), blobs: base.layers.iter().map(|l| l.digest.clone()).collect() })
+                .map(|r| MountSource {
+                    image: r.clone(),
+                    blobs: base.layers.iter().map(|l| l.digest.clone()).collect(),
+                })
                 .collect(),
         })
     }
@@ -97,12 +105,7 @@ pub struct Delivered {
 /// Builds the manifest, then pushes and writes every requested output.
 ///
 /// Runs its own tokio runtime; do not call it from inside an async context.
-pub fn deliver(
-    image: &BuiltImage,
-    out: &OutputOptions,
-    reg: &RegistryOptions,
-    store: &BlobStore,
-) -> Result<Delivered> {
+pub fn deliver(image: &BuiltImage, out: &OutputOptions, reg: &RegistryOptions, store: &BlobStore) -> Result<Delivered> {
     out.validate()?;
     let destinations = out.destination_refs()?;
     let (manifest_bytes, manifest, media_type) = assemble(image, out.image_format, store)?;
@@ -130,8 +133,7 @@ pub fn deliver(
         tracing::info!("wrote docker archive {}", path.display());
     }
     if let Some(dir) = &out.oci_layout_path {
-        let mut tags: Vec<String> =
-            destinations.iter().filter_map(|d| d.tag().map(str::to_string)).collect();
+        let mut tags: Vec<String> = destinations.iter().filter_map(|d| d.tag().map(str::to_string)).collect();
         tags.dedup();
         if tags.is_empty() {
             tags.push("latest".to_string());
@@ -145,7 +147,7 @@ pub fn deliver(
         };
         let mut blobs: Vec<&Descriptor> = vec![&oci_manifest.config];
         blobs.extend(oci_manifest.layers.iter());
-        layout::write_image(dir, &oci_bytes, &oci_type, &blobs, store, &tags)
+        write_layout(dir, &oci_bytes, &oci_type, &blobs, store, &tags)
             .with_context(|| format!("--oci-layout-path {}", dir.display()))?;
         tracing::info!("wrote OCI layout {}", dir.display());
     }
@@ -235,6 +237,38 @@ async fn push_all(
     Ok(())
 }
 
+/// Writes the image into the OCI layout at `dir`. A new layout is written
+/// beside it under a temporary name and renamed into place, so `dir` never
+/// holds a partial layout; an existing one gets the blobs first and its
+/// `index.json` replaced last (see [`layout::write_image`]).
+fn write_layout(
+    dir: &Path,
+    manifest: &[u8],
+    media_type: &str,
+    blobs: &[&Descriptor],
+    store: &BlobStore,
+    tags: &[String],
+) -> Result<()> {
+    if dir.exists() {
+        layout::write_image(dir, manifest, media_type, blobs, store, tags)?;
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".strata-layout-")
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a directory in {}", parent.display()))?;
+    layout::write_image(tmp.path(), manifest, media_type, blobs, store, tags)?;
+    std::fs::rename(tmp.path(), dir).with_context(|| format!("renaming the finished layout to {}", dir.display()))?;
+    // The directory was renamed away; nothing is left for the guard to remove.
+    let _ = tmp.keep();
+    Ok(())
+}
+
 fn write_digest_files(out: &OutputOptions, destinations: &[ImageRef], digest: &Digest) -> Result<()> {
     let write = |flag: &str, path: &Path, content: String| {
         layout::write_atomic(path, content.as_bytes()).with_context(|| format!("{flag} {}", path.display()))
@@ -247,10 +281,8 @@ fn write_digest_files(out: &OutputOptions, destinations: &[ImageRef], digest: &D
         write("--image-name-with-digest-file", p, lines)?;
     }
     if let Some(p) = &out.image_name_tag_with_digest_file {
-        let lines: String = destinations
-            .iter()
-            .map(|d| format!("{}:{}@{digest}\n", d.name(), d.tag().unwrap_or("latest")))
-            .collect();
+        let lines: String =
+            destinations.iter().map(|d| format!("{}:{}@{digest}\n", d.name(), d.tag().unwrap_or("latest"))).collect();
         write("--image-name-tag-with-digest-file", p, lines)?;
     }
     Ok(())
