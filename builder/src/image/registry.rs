@@ -326,7 +326,7 @@ impl Registries {
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(OciDistributionError::UnauthorizedError { .. }) if !reauthenticated => {
+                Err(e) if is_unauthorized(&e) && !reauthenticated => {
                     reauthenticated = true;
                     tracing::warn!("{} refused our authorization (expired token?); authenticating again", r.registry());
                     let op = if dir == Direction::Push { RegistryOperation::Push } else { RegistryOperation::Pull };
@@ -384,6 +384,16 @@ impl Registries {
         let response = request.send().await.ok()?;
         let secs: u64 = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
         Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+    }
+}
+
+/// A 401, however `oci-client` reports it.
+fn is_unauthorized(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::ServerError { code, .. } => *code == 401,
+        OciDistributionError::RequestError(e) => e.status().is_some_and(|s| s.as_u16() == 401),
+        _ => false,
     }
 }
 
@@ -472,7 +482,12 @@ fn backoff(attempt: u32) -> Duration {
 fn explain(e: OciDistributionError, r: &ImageRef, doing: &str) -> anyhow::Error {
     let reg = r.registry();
     match &e {
-        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+        _ if is_unauthorized(&e) => {
+            anyhow!(
+                "{doing} {r}: authentication failed at {reg}: check the credentials for {reg} in your docker config.json"
+            )
+        }
+        OciDistributionError::AuthenticationFailure(_) => {
             anyhow!(
                 "{doing} {r}: authentication failed at {reg}: check the credentials for {reg} in your docker config.json"
             )
