@@ -19,6 +19,22 @@ use super::registry::Registries;
 use super::resolve::{BaseImage, runtime};
 use super::store::BlobStore;
 
+/// Set by [`interrupt`]: delivery stops before its next blob or tag.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops a delivery in progress (on SIGINT/SIGTERM): no further blob is
+/// sent and no tag or output written, so nothing points at a partial image.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("interrupted: nothing was tagged or written");
+    }
+    Ok(())
+}
+
 /// Parallel blob uploads per destination.
 const PARALLEL_UPLOADS: usize = 4;
 
@@ -128,8 +144,10 @@ pub fn deliver(image: &BuiltImage, out: &OutputOptions, reg: &RegistryOptions, s
         destinations.clone()
     };
 
+    check_interrupted()?;
     if let Some(path) = &out.tar_path {
-        archive::write_docker_archive(path, &config_digest, &manifest.layers, &destinations, store)?;
+        archive::write_docker_archive(path, &config_digest, &manifest.layers, &destinations, store)
+            .with_context(|| format!("--tar-path {}", path.display()))?;
         tracing::info!("wrote docker archive {}", path.display());
     }
     if let Some(dir) = &out.oci_layout_path {
@@ -221,7 +239,10 @@ async fn push_all(
             .map_ok(|d| {
                 let from: Vec<ImageRef> =
                     sources.iter().filter(|s| s.blobs.contains(&d.digest)).map(|s| s.image.clone()).collect();
-                async move { registries.push_blob(dest, d, store, &from).await }
+                async move {
+                    check_interrupted()?;
+                    registries.push_blob(dest, d, store, &from).await
+                }
             })
             .try_buffer_unordered(PARALLEL_UPLOADS)
             .try_collect::<Vec<()>>()
@@ -230,6 +251,7 @@ async fn push_all(
         let blobs = manifest.layers.iter().chain(std::iter::once(&manifest.config));
         sources.push(MountSource { image: dest.clone(), blobs: blobs.map(|d| d.digest.clone()).collect() });
     }
+    check_interrupted()?;
     for dest in destinations {
         registries.push_manifest(dest, manifest_bytes, media_type).await?;
         tracing::info!("pushed {dest}@{}", Digest::of(manifest_bytes));
