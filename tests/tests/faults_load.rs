@@ -174,10 +174,10 @@ fn two_gib_layer_pushes_and_pulls_back_with_bounded_memory() {
     assert!(rss < 1 << 30, "peak RSS {} MiB for a 2 GiB layer: it is buffered, not streamed", mib(rss));
 
     // Pull the layer back and hash it independently.
-    let remote = tools::skopeo_inspect(&format!("docker://{dest}"), &["--tls-verify=false"]);
-    let layers = remote["LayersData"].as_array().unwrap();
-    let big = layers.iter().find(|l| l["Size"].as_u64().unwrap() > SIZE).expect("the 2 GiB layer");
-    let digest = big["Digest"].as_str().unwrap();
+    let manifest = tools::skopeo_inspect(&format!("docker://{dest}"), &["--tls-verify=false", "--raw"]);
+    let layers = manifest["layers"].as_array().unwrap();
+    let big = layers.iter().find(|l| l["size"].as_u64().unwrap() > SIZE).expect("the 2 GiB layer");
+    let digest = big["digest"].as_str().unwrap();
     let url = format!("http://{}/v2/app/big/blobs/{digest}", reg.addr);
     let hashed = tools::run_ok(Command::new("sh").arg("-c").arg(format!("curl -fsSL '{url}' | sha256sum")));
     assert_eq!(format!("sha256:{}", hashed.split_whitespace().next().unwrap()), digest);
