@@ -253,7 +253,7 @@ fn serve(client: TcpStream, shared: &Shared) {
         let path = parts.next().unwrap_or("").to_string();
         let fault =
             shared.rules.lock().unwrap().iter_mut().find_map(|r| r.applies(&method, &path).then(|| r.fault.clone()));
-        let mut seen = Seen {
+        let seen = Seen {
             method: method.clone(),
             path: path.clone(),
             at,
@@ -262,15 +262,16 @@ fn serve(client: TcpStream, shared: &Shared) {
             body_len: body.len(),
         };
         let keep = match &fault {
-            Some(Fault::Status(code)) => reply_empty(&mut client, *code, &[], &mut seen),
+            Some(Fault::Status(code)) => reply_empty(&mut client, *code, &[], seen, &shared.seen),
             Some(Fault::TooManyRequests { retry_after }) => {
-                reply_empty(&mut client, 429, &[("Retry-After", retry_after.to_string())], &mut seen)
+                reply_empty(&mut client, 429, &[("Retry-After", retry_after.to_string())], seen, &shared.seen)
             }
             Some(Fault::Unauthorized) => reply_empty(
                 &mut client,
                 401,
                 &[("WWW-Authenticate", "Basic realm=\"strata-test\"".to_string())],
-                &mut seen,
+                seen,
+                &shared.seen,
             ),
             _ => {
                 if let Some(Fault::Delay(d)) = &fault {
@@ -278,24 +279,35 @@ fn serve(client: TcpStream, shared: &Shared) {
                 }
                 match forward(&shared.upstream, &head, &body) {
                     Some((resp, resp_body)) => {
-                        send_response(&mut client, &method, resp, resp_body, fault.as_ref(), &mut seen)
+                        send_response(&mut client, &method, resp, resp_body, fault.as_ref(), seen, &shared.seen)
                     }
                     None => {
-                        reply_empty(&mut client, 502, &[], &mut seen);
+                        reply_empty(&mut client, 502, &[], seen, &shared.seen);
                         false
                     }
                 }
             }
         };
-        shared.seen.lock().unwrap().push(seen);
         if !keep {
             return;
         }
     }
 }
 
-fn reply_empty(client: &mut TcpStream, code: u16, extra: &[(&str, String)], seen: &mut Seen) -> bool {
-    seen.status = code;
+/// Records `seen` with `status` before answering, so a client that has its answer finds its request recorded.
+fn record(mut seen: Seen, status: u16, log: &Mutex<Vec<Seen>>) {
+    seen.status = status;
+    log.lock().unwrap().push(seen);
+}
+
+fn reply_empty(
+    client: &mut TcpStream,
+    code: u16,
+    extra: &[(&str, String)],
+    seen: Seen,
+    log: &Mutex<Vec<Seen>>,
+) -> bool {
+    record(seen, code, log);
     let mut out = format!("HTTP/1.1 {code} {}\r\nContent-Length: 0\r\n", reason(code));
     for (k, v) in extra {
         out.push_str(&format!("{k}: {v}\r\n"));
@@ -352,9 +364,10 @@ fn send_response(
     resp: Head,
     mut body: Vec<u8>,
     fault: Option<&Fault>,
-    seen: &mut Seen,
+    seen: Seen,
+    log: &Mutex<Vec<Seen>>,
 ) -> bool {
-    seen.status = resp.line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    record(seen, resp.line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), log);
     let mut out = format!("{}\r\n", resp.line);
     for (k, v) in &resp.headers {
         let lk = k.to_ascii_lowercase();
