@@ -1,6 +1,6 @@
 //! Registry faults, injected by a proxy in front of the real registry
 //! (strata_tests::faultproxy): error statuses, 429 with Retry-After, resets
-//! and truncation mid-blob, corrupted blobs. Pulls and pushes retry; a push
+//! and truncation mid-blob, slow blobs, corrupted blobs. Pulls and pushes retry; a push
 //! resends only what is missing and writes the tag last, so a failed push
 //! leaves the tag as it was; every pulled blob is verified before it is kept.
 
@@ -130,6 +130,12 @@ fn retry_after_is_honoured() {
 fn resets_and_truncated_blobs_are_retried() {
     let Some((scratch, reg)) = setup("resets_and_truncated_blobs_are_retried") else { return };
     let proxy = FaultProxy::start(&reg.addr);
+    // Slow is not an error: the pull just takes longer.
+    let store = BlobStore::new(scratch.path().join("slow")).unwrap();
+    proxy.add(Rule::new("GET", BLOBS, Fault::Slow { bytes_per_sec: 4 << 20 }));
+    for l in &pull(&proxy, &store, 0).unwrap().layers {
+        store.verify(&l.digest).unwrap();
+    }
     for (name, fault) in [("reset", Fault::ResetMidBody), ("truncate", Fault::Truncate)] {
         proxy.reset();
         let store = BlobStore::new(scratch.path().join(name)).unwrap();

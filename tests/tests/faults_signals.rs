@@ -1,8 +1,8 @@
 //! SIGINT, SIGTERM and SIGKILL at random moments of a build: while pulling the
 //! base (through a slow proxy), during a RUN, while snapshotting a RUN that
 //! wrote many files, and while pushing. Afterwards nothing is mounted under the
-//! work directory, no build directory is left (after SIGKILL: once the next
-//! build has started), and each output (--tar-path, --oci-layout-path, the
+//! work directory, no build directory and no partial blob is left (after
+//! SIGKILL: once the next build has started), and each output (--tar-path, --oci-layout-path, the
 //! destination tag) is either absent or a complete image.
 //! The random moments come from a seed printed by the test.
 
@@ -220,6 +220,10 @@ fn signals_at_random_moments_leave_nothing_behind() {
             );
             assert!(fuse_mounts_under(&work).is_empty(), "{what}: mounts left: {:?}", mounts_under(&work));
             assert!(mounts_under(&work).is_empty(), "{what}: mounts left: {:?}", mounts_under(&work));
+            let incoming: Vec<String> = std::fs::read_dir(work.join("blobs"))
+                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            assert!(!incoming.iter().any(|n| n.starts_with(".incoming-")), "{what}: partial blobs left: {incoming:?}");
             case.check_outputs(&dir, phase, &what);
         }
     }

@@ -24,8 +24,7 @@ impl BlobStore {
     /// Opens (creating if needed) a store rooted at `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Result<BlobStore> {
         let dir = dir.into();
-        fs::create_dir_all(dir.join("sha256"))
-            .with_context(|| format!("creating blob store {}", dir.display()))?;
+        fs::create_dir_all(dir.join("sha256")).with_context(|| format!("creating blob store {}", dir.display()))?;
         remove_stale_incoming(&dir);
         Ok(BlobStore { dir })
     }
@@ -62,7 +61,7 @@ impl BlobStore {
     /// A writer for a new blob; call [`BlobWriter::commit`] to keep it.
     pub fn writer(&self) -> Result<BlobWriter> {
         let tmp = tempfile::Builder::new()
-            .prefix(".incoming-")
+            .prefix(&format!(".incoming-{}-", std::process::id()))
             .tempfile_in(&self.dir)
             .with_context(|| format!("creating a temporary blob in {}", self.dir.display()))?;
         Ok(BlobWriter { store: self.clone(), inner: DigestWriter::new(tmp) })
@@ -71,8 +70,8 @@ impl BlobStore {
     /// Re-hashes a stored blob and fails if it does not match its name.
     pub fn verify(&self, digest: &Digest) -> Result<u64> {
         let path = self.path(digest);
-        let mut f = File::open(&path)
-            .with_context(|| format!("blob {digest} is not in the store ({})", path.display()))?;
+        let mut f =
+            File::open(&path).with_context(|| format!("blob {digest} is not in the store ({})", path.display()))?;
         let mut w = DigestWriter::new(io::sink());
         io::copy(&mut f, &mut w).with_context(|| format!("reading {}", path.display()))?;
         let (actual, size, _) = w.finish();
@@ -103,13 +102,21 @@ impl BlobStore {
     }
 }
 
-/// Removes temporary blobs left by a process that was killed mid-download.
-/// Only day-old ones: another build may be writing into the same store now.
+/// Removes temporary blobs (`.incoming-PID-…`) left by a process that was
+/// killed mid-download: those whose process is gone, and any a day old.
+/// Another build may be writing into the same store now: its PID is running.
 fn remove_stale_incoming(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {
-        let stale = e.file_name().to_string_lossy().starts_with(".incoming-")
-            && e.metadata()
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".incoming-") else { continue };
+        let owner_gone = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
+        let stale = owner_gone
+            || e.metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
@@ -137,8 +144,7 @@ impl BlobWriter {
         }
         tmp.as_file().sync_data().ok();
         let path = self.store.path(&digest);
-        tmp.persist(&path)
-            .with_context(|| format!("storing blob {}", path.display()))?;
+        tmp.persist(&path).with_context(|| format!("storing blob {}", path.display()))?;
         Ok((digest, size))
     }
 }
