@@ -2,7 +2,7 @@
 //! unpacked context, blobs and RUN cache mounts live.
 //!
 //! `--kaniko-dir DIR`, else `/kaniko` when it exists and is writable, else a
-//! fresh temporary directory. Each build works in its own `build-PID-XXXX`
+//! fresh temporary directory. Each build works in its own `build-PID@HOST-XXXX`
 //! subdirectory, removed when the build ends whatever the outcome; one left
 //! by a killed build (its PID no longer running) is removed by the next
 //! build that starts in the same work directory. Blobs
@@ -37,7 +37,7 @@ impl WorkDir {
         };
         remove_abandoned(&base);
         let build = tempfile::Builder::new()
-            .prefix(&format!("build-{}-", std::process::id()))
+            .prefix(&format!("build-{}-", crate::image::store::owner_tag()))
             .tempdir_in(&base)
             .with_context(|| format!("creating a build directory in {}", base.display()))?;
         Ok(WorkDir { base, build: Some(build), temp_base, cleanup })
@@ -83,7 +83,7 @@ impl Drop for WorkDir {
     }
 }
 
-/// Removes `build-PID-*` directories whose process is gone (killed with
+/// Removes `build-PID@HOST-*` directories of this host whose process is gone (killed with
 /// SIGKILL), unless something is still mounted under one.
 fn remove_abandoned(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
@@ -92,12 +92,7 @@ fn remove_abandoned(base: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) =
-            name.strip_prefix("build-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        if !name.strip_prefix("build-").is_some_and(crate::image::store::owner_gone) {
             continue;
         }
         let path = e.path();
