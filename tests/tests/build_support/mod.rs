@@ -9,10 +9,7 @@ use strata_tests::{fixtures, require, tools};
 
 /// The tools every build test needs; false (after a skip message) when one is missing.
 pub fn requirements(test: &str) -> bool {
-    require::root(test)
-        && require::tool(test, "umoci")
-        && require::tool(test, "skopeo")
-        && require::tool(test, "busybox")
+    require::root(test) && require::tool(test, "umoci") && require::tool(test, "skopeo") && require::tool(test, "busybox")
 }
 
 /// A scratch directory with the busybox base layout at `base/`.
@@ -62,12 +59,7 @@ pub fn strata(args: &[String], cwd: &Path, env: &[(&str, &str)]) -> Output {
 pub fn strata_ok(args: &[String], cwd: &Path, env: &[(&str, &str)]) -> String {
     let out = strata(args, cwd, env);
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "strata {args:?} failed ({}):\n{log}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.status.success(), "strata {args:?} failed ({}):\n{log}\n{}", out.status, String::from_utf8_lossy(&out.stdout));
     log
 }
 
@@ -124,8 +116,7 @@ pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
 /// as Healthcheck from OCI configs), found through index.json and the manifest.
 pub fn raw_config(layout: &Path) -> serde_json::Value {
     let read = |p: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap() };
-    let blob =
-        |d: &serde_json::Value| layout.join("blobs/sha256").join(d.as_str().unwrap().trim_start_matches("sha256:"));
+    let blob = |d: &serde_json::Value| layout.join("blobs/sha256").join(d.as_str().unwrap().trim_start_matches("sha256:"));
     let index = read(layout.join("index.json"));
     let manifest = read(blob(&index["manifests"][0]["digest"]));
     read(blob(&manifest["config"]["digest"]))

@@ -74,8 +74,7 @@ pub fn add_multi_platform_index(layout: &Path) {
     let amd64_digest: Digest = amd64_desc["digest"].as_str().unwrap().parse().unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&blobs.read(&amd64_digest).unwrap()).unwrap();
     let config_digest: Digest = manifest["config"]["digest"].as_str().unwrap().parse().unwrap();
-    let mut entries =
-        vec![json!({"mediaType": amd64_desc["mediaType"], "digest": amd64_desc["digest"], "size": amd64_desc["size"],
+    let mut entries = vec![json!({"mediaType": amd64_desc["mediaType"], "digest": amd64_desc["digest"], "size": amd64_desc["size"],
         "platform": {"os": "linux", "architecture": "amd64"}})];
     for (arch, variant) in [("arm64", Some("v8")), ("arm", Some("v7"))] {
         let mut config: serde_json::Value = serde_json::from_slice(&blobs.read(&config_digest).unwrap()).unwrap();
@@ -87,18 +86,14 @@ pub fn add_multi_platform_index(layout: &Path) {
         m["config"]["size"] = json!(config_bytes.len());
         let mb = serde_json::to_vec(&m).unwrap();
         let md = blobs.put(&mb).unwrap();
-        entries.push(
-            json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.as_str(), "size": mb.len(),
-            "platform": {"os": "linux", "architecture": arch, "variant": variant}}),
-        );
+        entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.as_str(), "size": mb.len(),
+            "platform": {"os": "linux", "architecture": arch, "variant": variant}}));
     }
-    let nested = serde_json::to_vec(
-        &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}),
-    )
-    .unwrap();
+    let nested = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})).unwrap();
     let nd = blobs.put(&nested).unwrap();
     let mut top = index.clone();
     top["manifests"].as_array_mut().unwrap().push(json!({"mediaType": "application/vnd.oci.image.index.v1+json",
         "digest": nd.as_str(), "size": nested.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}}));
     fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
 }
+
