@@ -259,6 +259,7 @@ fn install_signal_handler(cancelled: Arc<AtomicBool>) -> Result<SignalGuard> {
             tracing::warn!("signal {sig}: stopping the build");
             cancelled.store(true, Ordering::SeqCst);
             crate::exec::run::kill_running();
+            crate::image::deliver::interrupt();
         }
     });
     Ok(SignalGuard(handle))

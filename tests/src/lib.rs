@@ -2,6 +2,7 @@
 //! registry on loopback, locally made base images, independent inspection
 //! tools (skopeo, umoci), and the skip policy for tests that need root or FUSE.
 
+pub mod faultproxy;
 pub mod fixtures;
 pub mod registry;
 pub mod require;

@@ -2,8 +2,10 @@
 //! unpacked context, blobs and RUN cache mounts live.
 //!
 //! `--kaniko-dir DIR`, else `/kaniko` when it exists and is writable, else a
-//! fresh temporary directory. Each build works in its own `build-XXXX`
-//! subdirectory, removed when the build ends whatever the outcome. Blobs
+//! fresh temporary directory. Each build works in its own `build-PID@HOST-XXXX`
+//! subdirectory, removed when the build ends whatever the outcome; one left
+//! by a killed build (its PID no longer running) is removed by the next
+//! build that starts in the same work directory. Blobs
 //! (`blobs/sha256/…`) and `type=cache` mounts (`run-cache/`) persist in a
 //! chosen work directory between builds, unless `--cleanup`; in a temporary
 //! one everything is removed.
@@ -33,8 +35,9 @@ impl WorkDir {
                 (t.path().to_path_buf(), Some(t))
             }
         };
+        remove_abandoned(&base);
         let build = tempfile::Builder::new()
-            .prefix("build-")
+            .prefix(&format!("build-{}-", crate::image::store::owner_tag()))
             .tempdir_in(&base)
             .with_context(|| format!("creating a build directory in {}", base.display()))?;
         Ok(WorkDir { base, build: Some(build), temp_base, cleanup })
@@ -76,6 +79,31 @@ impl Drop for WorkDir {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Removes `build-PID@HOST-*` directories of this host whose process is gone (killed with
+/// SIGKILL), unless something is still mounted under one.
+fn remove_abandoned(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.strip_prefix("build-").is_some_and(crate::image::store::owner_gone) {
+            continue;
+        }
+        let path = e.path();
+        let prefix = format!(" {}/", path.display());
+        if mounts.lines().any(|l| l.contains(&prefix) || l.contains(&format!(" {} ", path.display()))) {
+            tracing::warn!("not removing {} left by a killed build: something is still mounted in it", path.display());
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!("removed {} left by a killed build", path.display()),
+            Err(e) => tracing::warn!("could not remove {} left by a killed build: {e}", path.display()),
         }
     }
 }

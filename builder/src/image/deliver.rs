@@ -19,6 +19,22 @@ use super::registry::Registries;
 use super::resolve::{BaseImage, runtime};
 use super::store::BlobStore;
 
+/// Set by [`interrupt`]: delivery stops before its next blob or tag.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops a delivery in progress (on SIGINT/SIGTERM): no further blob is
+/// sent and no tag or output written, so nothing points at a partial image.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("interrupted: nothing was tagged or written");
+    }
+    Ok(())
+}
+
 /// Parallel blob uploads per destination.
 const PARALLEL_UPLOADS: usize = 4;
 
@@ -59,7 +75,12 @@ impl BuiltImage {
     pub fn from_base(base: &BaseImage) -> Result<BuiltImage> {
         let diff_ids = &base.config.rootfs.diff_ids;
         if diff_ids.len() != base.layers.len() {
-            bail!("image {}: config lists {} diff_ids for {} layers", base.reference, diff_ids.len(), base.layers.len());
+            bail!(
+                "image {}: config lists {} diff_ids for {} layers",
+                base.reference,
+                diff_ids.len(),
+                base.layers.len()
+            );
         }
         let layers = base
             .layers
@@ -78,7 +99,10 @@ impl BuiltImage {
             mount_sources: base
                 .registry_ref
                 .iter()
-                .map(|r| MountSource { image: r.clone(), blobs: base.layers.iter().map(|l| l.digest.clone()).collect() })
+                .map(|r| MountSource {
+                    image: r.clone(),
+                    blobs: base.layers.iter().map(|l| l.digest.clone()).collect(),
+                })
                 .collect(),
         })
     }
@@ -97,12 +121,7 @@ pub struct Delivered {
 /// Builds the manifest, then pushes and writes every requested output.
 ///
 /// Runs its own tokio runtime; do not call it from inside an async context.
-pub fn deliver(
-    image: &BuiltImage,
-    out: &OutputOptions,
-    reg: &RegistryOptions,
-    store: &BlobStore,
-) -> Result<Delivered> {
+pub fn deliver(image: &BuiltImage, out: &OutputOptions, reg: &RegistryOptions, store: &BlobStore) -> Result<Delivered> {
     out.validate()?;
     let destinations = out.destination_refs()?;
     let (manifest_bytes, manifest, media_type) = assemble(image, out.image_format, store)?;
@@ -125,13 +144,14 @@ pub fn deliver(
         destinations.clone()
     };
 
+    check_interrupted()?;
     if let Some(path) = &out.tar_path {
-        archive::write_docker_archive(path, &config_digest, &manifest.layers, &destinations, store)?;
+        archive::write_docker_archive(path, &config_digest, &manifest.layers, &destinations, store)
+            .with_context(|| format!("--tar-path {}", path.display()))?;
         tracing::info!("wrote docker archive {}", path.display());
     }
     if let Some(dir) = &out.oci_layout_path {
-        let mut tags: Vec<String> =
-            destinations.iter().filter_map(|d| d.tag().map(str::to_string)).collect();
+        let mut tags: Vec<String> = destinations.iter().filter_map(|d| d.tag().map(str::to_string)).collect();
         tags.dedup();
         if tags.is_empty() {
             tags.push("latest".to_string());
@@ -145,7 +165,7 @@ pub fn deliver(
         };
         let mut blobs: Vec<&Descriptor> = vec![&oci_manifest.config];
         blobs.extend(oci_manifest.layers.iter());
-        layout::write_image(dir, &oci_bytes, &oci_type, &blobs, store, &tags)
+        write_layout(dir, &oci_bytes, &oci_type, &blobs, store, &tags)
             .with_context(|| format!("--oci-layout-path {}", dir.display()))?;
         tracing::info!("wrote OCI layout {}", dir.display());
     }
@@ -223,7 +243,10 @@ async fn push_all(
             .map_ok(|d| {
                 let from: Vec<ImageRef> =
                     sources.iter().filter(|s| s.blobs.contains(&d.digest)).map(|s| s.image.clone()).collect();
-                async move { registries.push_blob(dest, d, store, &from).await }
+                async move {
+                    check_interrupted()?;
+                    registries.push_blob(dest, d, store, &from).await
+                }
             })
             .try_buffer_unordered(PARALLEL_UPLOADS)
             .try_collect::<Vec<()>>()
@@ -232,10 +255,43 @@ async fn push_all(
         let blobs = manifest.layers.iter().chain(std::iter::once(&manifest.config));
         sources.push(MountSource { image: dest.clone(), blobs: blobs.map(|d| d.digest.clone()).collect() });
     }
+    check_interrupted()?;
     for dest in destinations {
         registries.push_manifest(dest, manifest_bytes, media_type).await?;
         tracing::info!("pushed {dest}@{}", Digest::of(manifest_bytes));
     }
+    Ok(())
+}
+
+/// Writes the image into the OCI layout at `dir`. A new layout is written
+/// beside it under a temporary name and renamed into place, so `dir` never
+/// holds a partial layout; an existing one gets the blobs first and its
+/// `index.json` replaced last (see [`layout::write_image`]).
+fn write_layout(
+    dir: &Path,
+    manifest: &[u8],
+    media_type: &str,
+    blobs: &[&Descriptor],
+    store: &BlobStore,
+    tags: &[String],
+) -> Result<()> {
+    if dir.exists() {
+        layout::write_image(dir, manifest, media_type, blobs, store, tags)?;
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".strata-layout-")
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a directory in {}", parent.display()))?;
+    layout::write_image(tmp.path(), manifest, media_type, blobs, store, tags)?;
+    std::fs::rename(tmp.path(), dir).with_context(|| format!("renaming the finished layout to {}", dir.display()))?;
+    // The directory was renamed away; nothing is left for the guard to remove.
+    let _ = tmp.keep();
     Ok(())
 }
 
@@ -251,10 +307,8 @@ fn write_digest_files(out: &OutputOptions, destinations: &[ImageRef], digest: &D
         write("--image-name-with-digest-file", p, lines)?;
     }
     if let Some(p) = &out.image_name_tag_with_digest_file {
-        let lines: String = destinations
-            .iter()
-            .map(|d| format!("{}:{}@{digest}\n", d.name(), d.tag().unwrap_or("latest")))
-            .collect();
+        let lines: String =
+            destinations.iter().map(|d| format!("{}:{}@{digest}\n", d.name(), d.tag().unwrap_or("latest"))).collect();
         write("--image-name-tag-with-digest-file", p, lines)?;
     }
     Ok(())

@@ -6,9 +6,13 @@
 //! HTTP and TLS settings differ between pull and push in kaniko's flags.
 //!
 //! Retries: 5xx, 429 and connection errors are retried `--image-download-retry`
-//! / `--push-retry` times, waiting 0.5s, 1s, 2s … (at most 30s). `oci-client`
-//! does not expose response headers on errors, so a 429's `Retry-After` cannot
-//! be read; the exponential wait is used for it too.
+//! / `--push-retry` times, waiting 0.5s, 1s, 2s … (at most 30s). A 429's
+//! `Retry-After` (in seconds) is honoured, capped at 60s: `oci-client` hides
+//! response headers, so the URL that answered 429 is asked again with a HEAD
+//! request through plain `reqwest` (same TLS settings; basic credentials
+//! when configured) and that answer's `Retry-After` is used; without one, the
+//! exponential wait. A 401 in the middle of a session (an expired token) is
+//! retried once after authenticating again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,10 +21,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
+use oci_client::Client;
+use oci_client::RegistryOperation;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
-use oci_client::Client;
 
 use super::auth::{Credential, DockerConfig};
 use super::config::{Descriptor, media};
@@ -33,6 +38,8 @@ use super::store::BlobStore;
 /// Blobs larger than this are uploaded as a series of chunks (PATCH requests).
 const CHUNKED_UPLOAD_THRESHOLD: u64 = 8 << 20;
 const UPLOAD_CHUNK: usize = 8 << 20;
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// A registry session for one build: transports, credentials and progress.
 pub struct Registries {
@@ -72,8 +79,8 @@ impl Registries {
         let t = self.opts.transport(r.registry(), dir);
         let mut extra_root_certificates = Vec::new();
         if let Some(path) = &t.ca_certificate {
-            let data = std::fs::read(path)
-                .with_context(|| format!("reading --registry-certificate {}", path.display()))?;
+            let data =
+                std::fs::read(path).with_context(|| format!("reading --registry-certificate {}", path.display()))?;
             extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
         }
         let config = ClientConfig {
@@ -123,11 +130,12 @@ impl Registries {
         let client = self.session(r, Direction::Pull).await?;
         let oci_ref = r.to_oci();
         let auth = self.credential(r)?.to_oci();
-        let (bytes, digest) = with_retry(self.opts.image_download_retry, || {
-            client.pull_manifest_raw(&oci_ref, &auth, media::ACCEPTED_MANIFESTS)
-        })
-        .await
-        .map_err(|e| explain(e, r, "pulling"))?;
+        let (bytes, digest) = self
+            .with_retry(&client, r, Direction::Pull, self.opts.image_download_retry, || {
+                client.pull_manifest_raw(&oci_ref, &auth, media::ACCEPTED_MANIFESTS)
+            })
+            .await
+            .map_err(|e| explain(e, r, "pulling"))?;
         let actual = Digest::of(&bytes);
         if let Some(want) = r.digest()
             && &actual != want
@@ -168,7 +176,16 @@ impl Registries {
                         }
                         .context(format!("blob {} of {r}", desc.digest)));
                     }
-                    backoff(attempt).await;
+                    let wait = match e.downcast_ref::<OciDistributionError>() {
+                        Some(oe) => self.retry_wait(oe, r, Direction::Pull, attempt).await,
+                        None => backoff(attempt),
+                    };
+                    tracing::warn!(
+                        "pulling blob {short} failed ({e:#}); retry {} of {attempts} in {:.1}s",
+                        attempt + 1,
+                        wait.as_secs_f64()
+                    );
+                    tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
             }
@@ -242,40 +259,46 @@ impl Registries {
         let digest = desc.digest.to_string();
         let retries = self.opts.push_retry;
         let short = short_digest(&desc.digest);
-        let exists = with_retry(retries, || client.blob_exists(&oci_dest, &digest))
+        let exists = self
+            .with_retry(&client, dest, Direction::Push, retries, || client.blob_exists(&oci_dest, &digest))
             .await
             .map_err(|e| explain(e, dest, "pushing to"))?;
         if exists {
             self.progress.start("pushing", short, desc.size).finish(Some("already present"));
             return Ok(());
         }
-        for source in mount_from.iter().filter(|s| s.registry() == dest.registry() && s.repository() != dest.repository()) {
+        for source in
+            mount_from.iter().filter(|s| s.registry() == dest.registry() && s.repository() != dest.repository())
+        {
             // A refused mount (e.g. no pull right on the source) is not an error: upload instead.
             if client.mount_blob(&oci_dest, &source.to_oci(), &digest).await.is_ok() {
-                self.progress.start("pushing", short, desc.size).finish(Some(&format!("mounted from {}", source.repository())));
+                self.progress
+                    .start("pushing", short, desc.size)
+                    .finish(Some(&format!("mounted from {}", source.repository())));
                 return Ok(());
             }
         }
         let path = store.path(&desc.digest);
         let transfer = self.progress.start("pushing", short, desc.size);
         let advance = std::sync::Arc::new(transfer.advancer());
-        let result = with_retry(retries, || async {
-            if desc.size <= CHUNKED_UPLOAD_THRESHOLD {
-                let bytes = tokio::fs::read(&path).await?;
-                let r = client.push_blob(&oci_dest, bytes, &digest).await;
-                advance(desc.size);
-                r
-            } else {
-                let advance = advance.clone();
-                let chunks = file_stream(path.clone()).inspect(move |c| {
-                    if let Ok(c) = c {
-                        advance(c.len() as u64);
-                    }
-                });
-                client.push_blob_stream(&oci_dest, chunks, &digest, Some(desc.size)).await
-            }
-        })
-        .await;
+        let result = self
+            .with_retry(&client, dest, Direction::Push, retries, || async {
+                if desc.size <= CHUNKED_UPLOAD_THRESHOLD {
+                    let bytes = tokio::fs::read(&path).await?;
+                    let r = client.push_blob(&oci_dest, bytes, &digest).await;
+                    advance(desc.size);
+                    r
+                } else {
+                    let advance = advance.clone();
+                    let chunks = file_stream(path.clone()).inspect(move |c| {
+                        if let Ok(c) = c {
+                            advance(c.len() as u64);
+                        }
+                    });
+                    client.push_blob_stream(&oci_dest, chunks, &digest, Some(desc.size)).await
+                }
+            })
+            .await;
         match result {
             Ok(_) => {
                 transfer.finish(None);
@@ -295,12 +318,122 @@ impl Registries {
         let content_type: reqwest::header::HeaderValue =
             media_type.parse().map_err(|_| anyhow!("bad media type {media_type}"))?;
         let body = bytes::Bytes::copy_from_slice(bytes);
-        with_retry(self.opts.push_retry, || {
+        self.with_retry(&client, dest, Direction::Push, self.opts.push_retry, || {
             client.push_manifest_raw(&oci_dest, body.clone(), content_type.clone())
         })
         .await
         .map_err(|e| explain(e, dest, "pushing to"))?;
         Ok(())
+    }
+
+    /// Runs `f`, retrying transient failures up to `retries` more times (see
+    /// the module comment), and a 401 once after authenticating again.
+    async fn with_retry<T, F, Fut>(
+        &self,
+        client: &Client,
+        r: &ImageRef,
+        dir: Direction,
+        retries: u32,
+        mut f: F,
+    ) -> Result<T, OciDistributionError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        let mut attempt = 0;
+        let mut reauthenticated = false;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if is_unauthorized(&e) && !reauthenticated => {
+                    reauthenticated = true;
+                    tracing::warn!("{} refused our authorization (expired token?); authenticating again", r.registry());
+                    let op = if dir == Direction::Push { RegistryOperation::Push } else { RegistryOperation::Pull };
+                    let auth =
+                        self.credential(r).map_err(|e| OciDistributionError::GenericError(Some(format!("{e:#}"))))?;
+                    client.auth(&r.to_oci(), &auth.to_oci(), op).await?;
+                }
+                Err(e) if attempt < retries && is_retryable(&e) => {
+                    let wait = self.retry_wait(&e, r, dir, attempt).await;
+                    tracing::warn!(
+                        "registry request failed ({e}); retry {} of {retries} in {:.1}s",
+                        attempt + 1,
+                        wait.as_secs_f64()
+                    );
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// How long to wait before retry `attempt`: a 429's `Retry-After`, else the backoff.
+    async fn retry_wait(&self, e: &OciDistributionError, r: &ImageRef, dir: Direction, attempt: u32) -> Duration {
+        if is_too_many_requests(e)
+            && let Some(url) = error_url(e)
+        {
+            match self.probe_retry_after(&url, r, dir).await {
+                Some(wait) => {
+                    tracing::info!("{} asks to wait {}s (Retry-After)", r.registry(), wait.as_secs());
+                    return wait;
+                }
+                None => tracing::debug!("no Retry-After from {url}; backing off"),
+            }
+        }
+        backoff(attempt)
+    }
+
+    /// Asks `url` again with a HEAD request and reads its `Retry-After` (seconds), capped.
+    async fn probe_retry_after(&self, url: &str, r: &ImageRef, dir: Direction) -> Option<Duration> {
+        let t = self.opts.transport(r.registry(), dir);
+        let mut builder = reqwest::Client::builder()
+            .danger_accept_invalid_certs(t.skip_tls_verify)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &t.ca_certificate {
+            let pem = std::fs::read(path).ok()?;
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).ok()?);
+        }
+        let mut request = builder.build().ok()?.head(url);
+        if let Ok(Credential::Basic { username, password }) = self.credential(r) {
+            request = request.basic_auth(username, Some(password));
+        }
+        let response = request.send().await.ok()?;
+        let secs: u64 = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+        Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+    }
+}
+
+/// A 401, however `oci-client` reports it.
+fn is_unauthorized(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::ServerError { code, .. } => *code == 401,
+        OciDistributionError::RequestError(e) => e.status().is_some_and(|s| s.as_u16() == 401),
+        _ => false,
+    }
+}
+
+fn is_too_many_requests(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code, .. } => *code == 429,
+        OciDistributionError::RequestError(e) => e.status().is_some_and(|s| s.as_u16() == 429),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|e| e.code == OciErrorCode::Toomanyrequests)
+        }
+        _ => false,
+    }
+}
+
+fn error_url(e: &OciDistributionError) -> Option<String> {
+    match e {
+        OciDistributionError::ServerError { url, .. } | OciDistributionError::RegistryError { url, .. } => {
+            Some(url.clone())
+        }
+        OciDistributionError::RequestError(e) => e.url().map(|u| u.to_string()),
+        _ => None,
     }
 }
 
@@ -346,7 +479,10 @@ fn is_retryable(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
         OciDistributionError::RequestError(e) => {
-            e.is_connect() || e.is_timeout() || e.is_body() || e.status().is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
+            e.is_connect()
+                || e.is_timeout()
+                || e.is_body()
+                || e.status().is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
         }
         OciDistributionError::RegistryError { envelope, .. } => {
             envelope.errors.iter().any(|e| e.code == OciErrorCode::Toomanyrequests)
@@ -356,53 +492,49 @@ fn is_retryable(e: &OciDistributionError) -> bool {
     }
 }
 
-async fn backoff(attempt: u32) {
-    let ms = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
-/// Runs `f`, retrying transient failures up to `retries` more times.
-async fn with_retry<T, F, Fut>(retries: u32, mut f: F) -> Result<T, OciDistributionError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, OciDistributionError>>,
-{
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < retries && is_retryable(&e) => {
-                tracing::warn!("registry request failed ({e}); retry {} of {retries}", attempt + 1);
-                backoff(attempt).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+/// The exponential wait before retry `attempt`: 0.5s, 1s, 2s … at most 30s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6)).min(30_000))
 }
 
 /// Turns an `oci-client` error into one line a user can act on.
 fn explain(e: OciDistributionError, r: &ImageRef, doing: &str) -> anyhow::Error {
     let reg = r.registry();
     match &e {
-        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
-            anyhow!("{doing} {r}: authentication failed at {reg}: check the credentials for {reg} in your docker config.json")
+        _ if is_unauthorized(&e) => {
+            anyhow!(
+                "{doing} {r}: authentication failed at {reg}: check the credentials for {reg} in your docker config.json"
+            )
         }
-        OciDistributionError::ImageManifestNotFoundError(_) => anyhow!("{doing} {r}: image not found"),
+        OciDistributionError::AuthenticationFailure(_) => {
+            anyhow!(
+                "{doing} {r}: authentication failed at {reg}: check the credentials for {reg} in your docker config.json"
+            )
+        }
+        OciDistributionError::ImageManifestNotFoundError(_) => {
+            anyhow!("{doing} {r}: image not found")
+        }
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)) {
+            if codes.iter().any(|c| {
+                matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)
+            }) {
                 anyhow!("{doing} {r}: image not found")
             } else if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
-                anyhow!("{doing} {r}: access denied by {reg}: check the credentials for {reg} in your docker config.json")
+                anyhow!(
+                    "{doing} {r}: access denied by {reg}: check the credentials for {reg} in your docker config.json"
+                )
             } else if codes.iter().any(|c| matches!(c, OciErrorCode::BlobUnknown)) {
                 anyhow!("{doing} {r}: blob not found in the registry")
             } else {
-                let msgs: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect();
+                let msgs: Vec<String> =
+                    envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect();
                 anyhow!("{doing} {r}: registry {reg} refused: {}", msgs.join("; "))
             }
         }
-        OciDistributionError::ServerError { code: 404, .. } => anyhow!("{doing} {r}: image not found"),
+        OciDistributionError::ServerError { code: 404, .. } => {
+            anyhow!("{doing} {r}: image not found")
+        }
         OciDistributionError::ServerError { code, message, .. } => {
             let message: String = message.chars().take(200).collect();
             anyhow!("{doing} {r}: registry {reg} answered HTTP {code}: {}", message.trim())

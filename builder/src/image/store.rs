@@ -24,8 +24,7 @@ impl BlobStore {
     /// Opens (creating if needed) a store rooted at `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Result<BlobStore> {
         let dir = dir.into();
-        fs::create_dir_all(dir.join("sha256"))
-            .with_context(|| format!("creating blob store {}", dir.display()))?;
+        fs::create_dir_all(dir.join("sha256")).with_context(|| format!("creating blob store {}", dir.display()))?;
         remove_stale_incoming(&dir);
         Ok(BlobStore { dir })
     }
@@ -62,7 +61,7 @@ impl BlobStore {
     /// A writer for a new blob; call [`BlobWriter::commit`] to keep it.
     pub fn writer(&self) -> Result<BlobWriter> {
         let tmp = tempfile::Builder::new()
-            .prefix(".incoming-")
+            .prefix(&format!(".incoming-{}-", owner_tag()))
             .tempfile_in(&self.dir)
             .with_context(|| format!("creating a temporary blob in {}", self.dir.display()))?;
         Ok(BlobWriter { store: self.clone(), inner: DigestWriter::new(tmp) })
@@ -71,8 +70,8 @@ impl BlobStore {
     /// Re-hashes a stored blob and fails if it does not match its name.
     pub fn verify(&self, digest: &Digest) -> Result<u64> {
         let path = self.path(digest);
-        let mut f = File::open(&path)
-            .with_context(|| format!("blob {digest} is not in the store ({})", path.display()))?;
+        let mut f =
+            File::open(&path).with_context(|| format!("blob {digest} is not in the store ({})", path.display()))?;
         let mut w = DigestWriter::new(io::sink());
         io::copy(&mut f, &mut w).with_context(|| format!("reading {}", path.display()))?;
         let (actual, size, _) = w.finish();
@@ -103,13 +102,37 @@ impl BlobStore {
     }
 }
 
-/// Removes temporary blobs left by a process that was killed mid-download.
-/// Only day-old ones: another build may be writing into the same store now.
+/// `PID@HOST` of this process, put in the names of temporary files and
+/// directories so that a later build can tell whether their owner died. The
+/// host name (its first 12 characters) keeps builds in other containers
+/// sharing the directory (other PID namespaces) from being taken for dead.
+pub(crate) fn owner_tag() -> String {
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').take(12).collect();
+    format!("{}@{host}", std::process::id())
+}
+
+/// True when `name` starts with an [`owner_tag`] of this host whose process is
+/// gone (killed); false for anything else, including other hosts' names.
+pub(crate) fn owner_gone(name: &str) -> bool {
+    let ours = owner_tag();
+    let Some((_, host)) = ours.split_once('@') else { return false };
+    let Some((pid, rest)) = name.split_once('@') else { return false };
+    let same_host = rest.strip_prefix(host).is_some_and(|r| r.starts_with('-'));
+    same_host
+        && pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes temporary blobs (`.incoming-PID@HOST-…`) left by a process that
+/// was killed mid-download: those whose process is gone, and any a day old.
+/// Another build may be writing into the same store now: its PID is running.
 fn remove_stale_incoming(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {
-        let stale = e.file_name().to_string_lossy().starts_with(".incoming-")
-            && e.metadata()
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".incoming-") else { continue };
+        let stale = owner_gone(rest)
+            || e.metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
@@ -137,8 +160,7 @@ impl BlobWriter {
         }
         tmp.as_file().sync_data().ok();
         let path = self.store.path(&digest);
-        tmp.persist(&path)
-            .with_context(|| format!("storing blob {}", path.display()))?;
+        tmp.persist(&path).with_context(|| format!("storing blob {}", path.display()))?;
         Ok((digest, size))
     }
 }
@@ -172,5 +194,15 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("sha256")]);
         fs::write(store.path(&d), b"tampered").unwrap();
         assert!(store.verify(&d).unwrap_err().to_string().contains("corrupt"));
+    }
+
+    #[test]
+    fn owners_of_temporaries_are_judged_on_this_host_only() {
+        let ours = owner_tag();
+        let host = ours.split_once('@').unwrap().1;
+        assert!(!owner_gone(&format!("{ours}-x1")), "this process is running");
+        assert!(owner_gone(&format!("999999999@{host}-x1")), "no such process here");
+        assert!(!owner_gone("999999999@otherhost-x1"), "another container's build");
+        assert!(!owner_gone("link-12-abc"), "not an owner tag");
     }
 }

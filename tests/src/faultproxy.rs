@@ -1,0 +1,432 @@
+//! A fault-injecting HTTP proxy for registry tests: it listens on 127.0.0.1,
+//! forwards every request to a real registry, and by [`Rule`]s (method, path
+//! regex, which occurrences) answers with a [`Fault`] instead: an error status,
+//! a 429 with `Retry-After`, a connection reset or a truncated body mid-blob,
+//! corrupted bytes, a slow response, a 401 as when a token expires.
+//!
+//! Each request is forwarded on its own upstream connection and the response
+//! is read whole before it is (perhaps damaged and) sent back, so it is meant
+//! for small test images, not for gigabyte blobs. Every request is recorded
+//! ([`FaultProxy::seen`]) so tests can assert retries and their timing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+
+/// What the proxy does instead of (or to) the real response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Answer with this status and an empty body (500, 502, 503 …).
+    Status(u16),
+    /// 429 Too Many Requests with `Retry-After: secs`.
+    TooManyRequests { retry_after: u64 },
+    /// 401 with a `WWW-Authenticate: Basic` challenge, as a registry answers an expired token.
+    Unauthorized,
+    /// Forward, then send the headers and half the body and reset the connection (RST).
+    ResetMidBody,
+    /// Forward, then send the headers (full length) and half the body and close (FIN).
+    Truncate,
+    /// Forward, with one byte in the middle of the body flipped.
+    Corrupt,
+    /// Forward, sending the body at this many bytes per second.
+    Slow { bytes_per_sec: u64 },
+    /// Forward, after waiting this long.
+    Delay(Duration),
+}
+
+/// Which requests a rule applies to, and to which of their occurrences.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    method: Option<String>,
+    path: Regex,
+    /// 1-based occurrences of matching requests to fault; empty means all.
+    occurrences: Vec<usize>,
+    fault: Fault,
+    matched: usize,
+}
+
+impl Rule {
+    /// A rule for `method` (any with `*`) on paths matching `path_regex`; faults every match
+    /// unless narrowed with [`Rule::nth`] or [`Rule::first`].
+    pub fn new(method: &str, path_regex: &str, fault: Fault) -> Rule {
+        Rule {
+            method: (method != "*").then(|| method.to_string()),
+            path: Regex::new(path_regex).expect("valid path regex"),
+            occurrences: Vec::new(),
+            fault,
+            matched: 0,
+        }
+    }
+
+    /// Only the given occurrences (1-based) of matching requests.
+    pub fn nth(mut self, occurrences: &[usize]) -> Rule {
+        self.occurrences = occurrences.to_vec();
+        self
+    }
+
+    /// Only the first `n` matching requests.
+    pub fn first(self, n: usize) -> Rule {
+        let all: Vec<usize> = (1..=n).collect();
+        self.nth(&all)
+    }
+
+    fn applies(&mut self, method: &str, path: &str) -> bool {
+        if self.method.as_deref().is_some_and(|m| m != method) || !self.path.is_match(path) {
+            return false;
+        }
+        self.matched += 1;
+        self.occurrences.is_empty() || self.occurrences.contains(&self.matched)
+    }
+}
+
+/// One request the proxy saw, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, as sent.
+    pub path: String,
+    /// When the request head was read.
+    pub at: Instant,
+    /// The fault injected, if any.
+    pub fault: Option<Fault>,
+    /// The status sent back (the upstream one unless a fault replaced it); 0 if none.
+    pub status: u16,
+    /// Request body length.
+    pub body_len: usize,
+}
+
+struct Shared {
+    upstream: String,
+    rules: Mutex<Vec<Rule>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// The proxy; stopped when dropped.
+pub struct FaultProxy {
+    /// `127.0.0.1:PORT`, to use as the registry host in image references.
+    pub addr: String,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy in front of `upstream` (`host:port`) with no rules.
+    pub fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
+        let addr = listener.local_addr().expect("proxy address").to_string();
+        let shared =
+            Arc::new(Shared { upstream: upstream.to_string(), rules: Mutex::default(), seen: Mutex::default() });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared2, stop2) = (shared.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                let shared = shared2.clone();
+                std::thread::spawn(move || serve(client, &shared));
+            }
+        });
+        FaultProxy { addr, shared, stop, thread: Some(thread) }
+    }
+
+    /// Adds a rule; rules are tried in the order added, the first that applies wins.
+    pub fn add(&self, rule: Rule) {
+        self.shared.rules.lock().unwrap().push(rule);
+    }
+
+    /// Removes every rule and forgets the requests seen.
+    pub fn reset(&self) {
+        self.shared.rules.lock().unwrap().clear();
+        self.shared.seen.lock().unwrap().clear();
+    }
+
+    /// The requests seen so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// The requests seen whose method is `method` and path matches `path_regex`.
+    pub fn seen_matching(&self, method: &str, path_regex: &str) -> Vec<Seen> {
+        let re = Regex::new(path_regex).expect("valid path regex");
+        self.seen().into_iter().filter(|s| (method == "*" || s.method == method) && re.is_match(&s.path)).collect()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A parsed HTTP message head: first line and headers.
+struct Head {
+    line: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_head(r: &mut impl BufRead) -> Option<Head> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Some(Head { line: line.trim_end().to_string(), headers })
+}
+
+/// Reads a body framed by Content-Length or chunked encoding; `to_eof` reads
+/// a body delimited by the connection's end (responses only).
+fn read_body(r: &mut impl BufRead, head: &Head, to_eof: bool) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    if head.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
+            if n == 0 {
+                // Trailers end with an empty line.
+                loop {
+                    let mut t = String::new();
+                    if r.read_line(&mut t)? == 0 || t.trim().is_empty() {
+                        break;
+                    }
+                }
+                return Ok(body);
+            }
+            let start = body.len();
+            body.resize(start + n, 0);
+            r.read_exact(&mut body[start..])?;
+            let mut crlf = [0u8; 2];
+            r.read_exact(&mut crlf)?;
+        }
+    } else if let Some(len) = head.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
+    } else if to_eof {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(body)
+}
+
+/// Serves one client connection, request after request.
+fn serve(client: TcpStream, shared: &Shared) {
+    let mut reader = BufReader::new(client.try_clone().expect("clone client socket"));
+    let mut client = client;
+    while let Some(head) = read_head(&mut reader) {
+        let at = Instant::now();
+        let Ok(body) = read_body(&mut reader, &head, false) else {
+            return;
+        };
+        let mut parts = head.line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let fault =
+            shared.rules.lock().unwrap().iter_mut().find_map(|r| r.applies(&method, &path).then(|| r.fault.clone()));
+        let seen = Seen {
+            method: method.clone(),
+            path: path.clone(),
+            at,
+            fault: fault.clone(),
+            status: 0,
+            body_len: body.len(),
+        };
+        let keep = match &fault {
+            Some(Fault::Status(code)) => reply_empty(&mut client, *code, &[], seen, &shared.seen),
+            Some(Fault::TooManyRequests { retry_after }) => {
+                reply_empty(&mut client, 429, &[("Retry-After", retry_after.to_string())], seen, &shared.seen)
+            }
+            Some(Fault::Unauthorized) => reply_empty(
+                &mut client,
+                401,
+                &[("WWW-Authenticate", "Basic realm=\"strata-test\"".to_string())],
+                seen,
+                &shared.seen,
+            ),
+            _ => {
+                if let Some(Fault::Delay(d)) = &fault {
+                    std::thread::sleep(*d);
+                }
+                match forward(&shared.upstream, &head, &body) {
+                    Some((resp, resp_body)) => {
+                        send_response(&mut client, &method, resp, resp_body, fault.as_ref(), seen, &shared.seen)
+                    }
+                    None => {
+                        reply_empty(&mut client, 502, &[], seen, &shared.seen);
+                        false
+                    }
+                }
+            }
+        };
+        if !keep {
+            return;
+        }
+    }
+}
+
+/// Records `seen` with `status` before answering, so a client that has its answer finds its request recorded.
+fn record(mut seen: Seen, status: u16, log: &Mutex<Vec<Seen>>) {
+    seen.status = status;
+    log.lock().unwrap().push(seen);
+}
+
+fn reply_empty(
+    client: &mut TcpStream,
+    code: u16,
+    extra: &[(&str, String)],
+    seen: Seen,
+    log: &Mutex<Vec<Seen>>,
+) -> bool {
+    record(seen, code, log);
+    let mut out = format!("HTTP/1.1 {code} {}\r\nContent-Length: 0\r\n", reason(code));
+    for (k, v) in extra {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    client.write_all(out.as_bytes()).is_ok()
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        401 => "Unauthorized",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Injected",
+    }
+}
+
+/// Sends the request upstream on a fresh connection and reads the whole response.
+fn forward(upstream: &str, head: &Head, body: &[u8]) -> Option<(Head, Vec<u8>)> {
+    let mut server = TcpStream::connect(upstream).ok()?;
+    let mut out = format!("{}\r\n", head.line);
+    for (k, v) in &head.headers {
+        // The Host header is kept, so upload `Location`s the registry builds point back at us.
+        if ["connection", "transfer-encoding", "content-length"].contains(&k.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("Connection: close\r\n");
+    let has_body =
+        !body.is_empty() || head.header("content-length").is_some() || head.header("transfer-encoding").is_some();
+    if has_body {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    server.write_all(out.as_bytes()).ok()?;
+    server.write_all(body).ok()?;
+    let mut r = BufReader::new(server);
+    let resp = read_head(&mut r)?;
+    let method_is_head = head.line.starts_with("HEAD ");
+    let code: u16 = resp.line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let resp_body =
+        if method_is_head || code == 204 || code == 304 { Vec::new() } else { read_body(&mut r, &resp, true).ok()? };
+    Some((resp, resp_body))
+}
+
+/// Sends the upstream response, damaged as `fault` says; false when the connection must close.
+fn send_response(
+    client: &mut TcpStream,
+    method: &str,
+    resp: Head,
+    mut body: Vec<u8>,
+    fault: Option<&Fault>,
+    seen: Seen,
+    log: &Mutex<Vec<Seen>>,
+) -> bool {
+    record(seen, resp.line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), log);
+    let mut out = format!("{}\r\n", resp.line);
+    for (k, v) in &resp.headers {
+        let lk = k.to_ascii_lowercase();
+        if lk == "connection" || lk == "transfer-encoding" || (lk == "content-length" && method != "HEAD") {
+            continue;
+        }
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method != "HEAD" {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    if client.write_all(out.as_bytes()).is_err() {
+        return false;
+    }
+    let half = body.len() / 2;
+    match fault {
+        Some(Fault::Corrupt) if !body.is_empty() => {
+            body[half] ^= 0xff;
+            client.write_all(&body).is_ok()
+        }
+        Some(Fault::Truncate) => {
+            let _ = client.write_all(&body[..half]);
+            let _ = client.flush();
+            let _ = client.shutdown(Shutdown::Both);
+            false
+        }
+        Some(Fault::ResetMidBody) => {
+            let _ = client.write_all(&body[..half]);
+            reset(client);
+            false
+        }
+        Some(Fault::Slow { bytes_per_sec }) => {
+            let step = (*bytes_per_sec as usize / 10).max(1);
+            for piece in body.chunks(step) {
+                if client.write_all(piece).is_err() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            true
+        }
+        _ => client.write_all(&body).is_ok(),
+    }
+}
+
+/// Makes the close of `s` a TCP reset (linger on, zero timeout); the reset
+/// is sent when the connection's last descriptor is dropped.
+fn reset(s: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = s.shutdown(Shutdown::Read);
+}

@@ -1,0 +1,77 @@
+//! An authorization that expires in the middle of a push (the registry
+//! answers 401 to a request that carried it): strata authenticates again and
+//! goes on, without counting it as a retry; a second 401 in a row fails with
+//! one clear line. One test per file: it sets DOCKER_CONFIG for the process.
+
+mod images_support;
+
+use base64::Engine;
+use images_support::*;
+use strata_builder::image::options::RegistryOptions;
+use strata_builder::image::store::BlobStore;
+use strata_builder::image::{BuiltImage, deliver, resolve_base};
+use strata_tests::faultproxy::{Fault, FaultProxy, Rule};
+use strata_tests::registry::Registry;
+use strata_tests::{fixtures, require, tools};
+
+#[test]
+fn authorization_expiring_mid_push_is_renewed() {
+    let t = "authorization_expiring_mid_push_is_renewed";
+    if !require::tool(t, "docker-registry") || !require::tool(t, "skopeo") || !require::tool(t, "htpasswd") {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let reg = Registry::start_with_auth("alice", "s3cret-pw");
+    let layout = s.join("busybox-layout");
+    fixtures::busybox_layout(&layout);
+    tools::skopeo_copy(
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{}/base/busybox:1", reg.addr),
+        &["--dest-tls-verify=false", "--dest-creds=alice:s3cret-pw"],
+    );
+    let proxy = FaultProxy::start(&reg.addr);
+    let docker_config = s.join("docker");
+    std::fs::create_dir(&docker_config).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pw");
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, proxy.addr),
+    )
+    .unwrap();
+    // SAFETY: the only test in this binary; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("DOCKER_CONFIG", &docker_config) };
+
+    let store = BlobStore::new(s.join("store")).unwrap();
+    let opts = RegistryOptions::default();
+    let base = resolve_base(&format!("{}/base/busybox:1", proxy.addr), &[], &opts, &store, &amd64()).unwrap();
+
+    // One 401 on an upload and one on the manifest PUT, with no retries allowed.
+    proxy.reset();
+    proxy.add(Rule::new("*", r"/v2/app/renewed/blobs/uploads/", Fault::Unauthorized).first(1));
+    proxy.add(Rule::new("PUT", r"/v2/app/renewed/manifests/", Fault::Unauthorized).first(1));
+    let image = built_on(&base, &store);
+    let delivered = deliver(&image, &outputs(&[format!("{}/app/renewed:1", proxy.addr)]), &opts, &store).unwrap();
+    let puts = proxy.seen_matching("PUT", "/manifests/");
+    assert_eq!(puts.iter().map(|s| s.status).collect::<Vec<_>>(), [401, 201], "{:#?}", proxy.seen());
+    let out = tools::skopeo_inspect(
+        &format!("docker://{}/app/renewed:1", reg.addr),
+        &["--tls-verify=false", "--creds=alice:s3cret-pw"],
+    );
+    assert_eq!(out["Digest"].as_str(), Some(delivered.manifest_digest.as_str()));
+
+    // Refused twice in a row: one clear line, no password, no tag.
+    proxy.reset();
+    proxy.add(Rule::new("PUT", r"/manifests/", Fault::Unauthorized));
+    let err = deliver(
+        &BuiltImage::from_base(&base).unwrap(),
+        &outputs(&[format!("{}/app/refused:1", proxy.addr)]),
+        &opts,
+        &store,
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(msg.contains("authentication failed") && !msg.contains("s3cret-pw"), "{msg}");
+    assert_eq!(proxy.seen_matching("PUT", "/manifests/").len(), 2);
+}
