@@ -234,7 +234,8 @@ impl Registries {
         }
         let client = self.session(dest, Direction::Push).await?;
         let (oci_dest, digest) = (dest.to_oci(), desc.digest.to_string());
-        if with_retry(self.opts.push_retry, || client.blob_exists(&oci_dest, &digest)).await.unwrap_or(false) {
+        let exists = self.with_retry(&client, dest, Direction::Push, self.opts.push_retry, || client.blob_exists(&oci_dest, &digest));
+        if exists.await.unwrap_or(false) {
             return Ok(true);
         }
         if source.repository() == dest.repository() || client.mount_blob(&oci_dest, &source.to_oci(), &digest).await.is_err() {
