@@ -466,3 +466,25 @@ fn never_reads_through_a_symlink_out_of_the_root() {
     .unwrap_err();
     assert!(err.to_string().contains("is not a directory"), "{err}");
 }
+
+#[test]
+fn a_cancelled_layer_stops_and_keeps_no_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    mkdir(&root, "");
+    rich_tree(&root);
+    let changes = everything(&root);
+    let blobs = tmp.path().join("blobs");
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let err = strata_snapshotter::layer::write_layer_cancellable(
+        &root,
+        &changes,
+        &LayerOptions::default(),
+        &blobs,
+        &cancel,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "{err}");
+    let left: Vec<_> = fs::read_dir(blobs.join("sha256")).unwrap().collect();
+    assert!(left.is_empty(), "no blob nor temporary file left: {left:?}");
+}

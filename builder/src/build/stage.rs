@@ -341,7 +341,7 @@ fn write_layer(
         return Ok(None);
     }
     let t = Instant::now();
-    let blob = strata_snapshotter::layer::write_layer(root, changes, &build.settings.layer, build.store.dir())
+    let blob = strata_snapshotter::layer::write_layer_cancellable(root, changes, &build.settings.layer, build.store.dir(), &build.cancelled)
         .with_context(|| format!("{label}: writing the layer"))?;
     tracing::info!(
         "{label} snapshot: mode={mode}, {} paths changed, layer {} ({}), snapshot {}, layer {}",

@@ -11,8 +11,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
 
-pub use self::tar::{Times, write_tar};
+pub use self::tar::{Times, write_tar, write_tar_cancellable};
 use crate::changeset::ChangeSet;
 use pipeline::{Codec, Pipeline};
 
@@ -145,6 +146,18 @@ pub fn write_layer(
     options: &LayerOptions,
     blob_dir: &Path,
 ) -> io::Result<LayerBlob> {
+    write_layer_cancellable(root, changes, options, blob_dir, &AtomicBool::new(false))
+}
+
+/// [`write_layer`], stopping (no blob kept) before the next entry once
+/// `cancel` is set.
+pub fn write_layer_cancellable(
+    root: &Path,
+    changes: &ChangeSet,
+    options: &LayerOptions,
+    blob_dir: &Path,
+    cancel: &AtomicBool,
+) -> io::Result<LayerBlob> {
     let codec = options.codec()?;
     let dir = blob_dir.join("sha256");
     std::fs::create_dir_all(&dir)
@@ -159,7 +172,7 @@ pub fn write_layer(
             )
         })?;
     let mut pipeline = Pipeline::new(codec, options.thread_count(), temp.as_file().try_clone()?)?;
-    write_tar(root, changes, options.times(), &mut pipeline)?;
+    write_tar_cancellable(root, changes, options.times(), &mut pipeline, cancel)?;
     let out = pipeline.finish()?;
     let hex = hex::encode(out.digest);
     let path = dir.join(&hex);

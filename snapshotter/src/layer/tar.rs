@@ -17,6 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::changeset::{ChangeSet, relative};
 use crate::walk::Stat;
@@ -92,6 +93,18 @@ pub fn write_tar(
     times: Times,
     out: &mut impl Write,
 ) -> io::Result<()> {
+    write_tar_cancellable(root, changes, times, out, &AtomicBool::new(false))
+}
+
+/// [`write_tar`], giving up with [`io::ErrorKind::Interrupted`] before the
+/// next entry once `cancel` is set (a build stopped by a signal).
+pub fn write_tar_cancellable(
+    root: &Path,
+    changes: &ChangeSet,
+    times: Times,
+    out: &mut impl Write,
+    cancel: &AtomicBool,
+) -> io::Result<()> {
     let opaque: std::collections::HashSet<PathBuf> =
         changes.opaque.iter().map(|p| relative(p)).collect();
     let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -100,6 +113,12 @@ pub fn write_tar(
     // no path is ever read through a symlink (which could point out of the root).
     let mut dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for (path, what) in plan(changes) {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "interrupted while writing the layer",
+            ));
+        }
         if let Some(parent) = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty() && !dirs.contains(*p))
