@@ -12,7 +12,9 @@
 //! as `/` (so a symlink to `/` or `../..` never leads outside); files are
 //! created without following a symlink at their own name; hard-link targets
 //! are resolved the same way. What cannot be made safe is rejected with an
-//! error naming the layer and the entry.
+//! error naming the layer and the entry (elided in the middle when long).
+//! Whole blocks of zeros are written as holes, so sparse entries and layers
+//! of compressed zeros cost no disk.
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{CString, OsStr};
@@ -235,7 +237,7 @@ fn apply_tar(reader: impl Read, root: &Path) -> Result<()> {
     let entries = archive.entries().context("reading tar stream")?;
     for entry in entries {
         let mut entry = entry.context("reading tar stream (truncated or corrupt layer?)")?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let name = shown_name(&entry.path_bytes());
         applier.apply(&mut entry).with_context(|| format!("entry {name:?}"))?;
     }
     // Deepest first, so setting a parent's mode cannot block its children.
@@ -247,6 +249,48 @@ fn apply_tar(reader: impl Read, root: &Path) -> Result<()> {
             .with_context(|| format!("setting mtime of {}", path.display()))?;
     }
     Ok(())
+}
+
+/// An entry name for messages: lossy UTF-8, its middle elided when long.
+fn shown_name(name: &[u8]) -> String {
+    const KEEP: usize = 120;
+    let name = String::from_utf8_lossy(name);
+    if name.len() <= 2 * KEEP {
+        return name.into_owned();
+    }
+    let head: String = name.chars().take(KEEP).collect();
+    let tail: Vec<char> = name.chars().rev().take(KEEP).collect();
+    format!("{head}…{}", tail.into_iter().rev().collect::<String>())
+}
+
+/// Copies a file's data, leaving holes where whole blocks are zero, so a
+/// sparse entry or a layer of compressed zeros takes no disk. Returns the size.
+fn copy_sparse(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    const BLOCK: usize = 64 << 10;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let mut buf = vec![0u8; BLOCK];
+    let mut size = 0u64;
+    let mut hole = false;
+    loop {
+        let n = read_full(from, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        if chunk == &ZEROS[..n] {
+            to.seek(SeekFrom::Current(n as i64))?;
+            hole = true;
+        } else {
+            to.write_all(chunk)?;
+            hole = false;
+        }
+        size += n as u64;
+    }
+    if hole {
+        to.set_len(size)?;
+    }
+    Ok(size)
 }
 
 /// Cleans an entry name as if rooted at `/`: `..` never climbs above the
@@ -343,6 +387,11 @@ impl Applier<'_> {
             // The root itself ("./"): its metadata belongs to the build, not the layer.
             return Ok(());
         };
+        // The kernel refuses longer paths; say so before trying (containerd fails too).
+        let full_len = self.root.as_os_str().len() + 1 + rel.as_os_str().len();
+        if full_len >= libc::PATH_MAX as usize {
+            bail!("path too long: {full_len} bytes under the root, the limit is {}", libc::PATH_MAX);
+        }
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
         let parent = self.resolve_parent(parent_rel)?;
         let name = file_name.to_string_lossy();
@@ -391,7 +440,7 @@ impl Applier<'_> {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .with_context(|| format!("creating {}", target.display()))?;
-                io::copy(entry, &mut f).with_context(|| format!("writing {}", target.display()))?;
+                copy_sparse(entry, &mut f).with_context(|| format!("writing {}", target.display()))?;
                 drop(f);
                 self.chown(&target, uid, gid)?;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
@@ -578,5 +627,36 @@ mod tests {
         assert_eq!(resolve_in_root(r, Path::new("up/etc")).unwrap(), r.join("etc"));
         assert_eq!(resolve_in_root(r, Path::new("rel/x")).unwrap(), r.join("real/x"));
         assert!(resolve_in_root(r, Path::new("loop/x")).is_err());
+    }
+
+    #[test]
+    fn zero_blocks_become_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut data = vec![0u8; 8 << 20];
+        data[3 << 20] = 7;
+        let mut f = File::create(&path).unwrap();
+        assert_eq!(copy_sparse(&mut &data[..], &mut f).unwrap(), data.len() as u64);
+        drop(f);
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert!(fs::metadata(&path).unwrap().blocks() * 512 < 1 << 20, "zeros were written");
+    }
+
+    #[test]
+    fn long_names_are_elided_in_messages_and_refused_before_the_kernel_does() {
+        let long = "d/".repeat(3000) + "f";
+        let shown = shown_name(long.as_bytes());
+        assert!(shown.len() < 300 && shown.starts_with("d/d/") && shown.ends_with("/f"), "{shown}");
+        assert_eq!(shown_name(b"bad\xffname"), "bad\u{fffd}name");
+
+        let root = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &[][..]).unwrap();
+        let err = apply_tar(&b.into_inner().unwrap()[..], root.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("path too long"), "{err:#}");
     }
 }
