@@ -7,6 +7,7 @@
 //! error naming the entry.
 
 mod build_support;
+mod hostile_support;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use build_support::*;
+use hostile_support::{error_line, last_layer_file};
 use tar::{EntryType, Header};
 
 /// One tar entry, written byte for byte as given.
@@ -314,46 +316,6 @@ impl Hostile {
             "canary"
         );
     }
-}
-
-/// A file from the output image's last layer (the RUN's).
-fn last_layer_file(layout: &Path, name: &str) -> String {
-    let blob = |d: &serde_json::Value| {
-        layout
-            .join("blobs/sha256")
-            .join(d.as_str().unwrap().trim_start_matches("sha256:"))
-    };
-    let index = read_json(&layout.join("index.json"));
-    let manifest = read_json(&blob(&index["manifests"][0]["digest"]));
-    let last = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    let data = std::fs::read(blob(&last["digest"])).unwrap();
-    let reader: Box<dyn Read> = if data.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(&data[..]))
-    } else {
-        Box::new(&data[..])
-    };
-    let mut archive = tar::Archive::new(reader);
-    for e in archive.entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.path().unwrap().to_string_lossy().trim_start_matches("./") == name {
-            let mut s = String::new();
-            e.read_to_string(&mut s).unwrap();
-            return s;
-        }
-    }
-    panic!("{name} not in the last layer of {}", layout.display());
-}
-
-fn error_line(log: &str) -> String {
-    log.lines()
-        .filter(|l| l.starts_with("ERRO"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]
