@@ -620,4 +620,29 @@ mod tests {
         let err = apply_tar(&b.into_inner().unwrap()[..], root.path()).unwrap_err();
         assert!(format!("{err:#}").contains("path too long"), "{err:#}");
     }
+
+    #[test]
+    fn gnu_sparse_entries_keep_their_holes() {
+        use std::os::unix::fs::MetadataExt;
+        const GIB: u64 = 1 << 30;
+        let mut h = tar::Header::new_gnu();
+        h.set_path("sparse").unwrap();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.sparse[0].set_offset(GIB);
+        gnu.sparse[0].set_length(512);
+        gnu.sparse[1].set_offset(2 * GIB);
+        gnu.sparse[1].set_length(0);
+        gnu.set_real_size(2 * GIB);
+        h.set_size(512);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &[b'x'; 512][..]).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        apply_tar(&b.into_inner().unwrap()[..], root.path()).unwrap();
+        let m = fs::metadata(root.path().join("sparse")).unwrap();
+        assert_eq!(m.len(), 2 * GIB);
+        assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
+    }
 }
