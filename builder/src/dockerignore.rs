@@ -260,6 +260,16 @@ mod tests {
     }
 
     #[test]
+    fn exceptions_aimed_outside_the_context_stay_inside_it() {
+        let m = Matcher::parse("*\n!../secret\n!../../etc/passwd\n!/../../etc/group\n").unwrap();
+        // `..` above a relative pattern matches no context path; a rooted one is clamped at the root.
+        assert!(m.matches(Path::new("secret")));
+        assert!(m.matches(Path::new("etc/passwd")));
+        assert!(!m.matches(Path::new("etc/group")));
+        assert!(m.matches(Path::new("x")));
+    }
+
+    #[test]
     fn classes() {
         let m = Matcher::parse("[a-c].txt\n[!x]y\n").unwrap();
         assert!(m.matches(Path::new("b.txt")));

@@ -1,5 +1,6 @@
-//! The front-end modules under fuzz, compiled from builder/src without the rest of the
-//! builder crate (they depend only on regex, serde_json and thiserror).
+//! The modules under fuzz, compiled from builder/src without the rest of the builder
+//! crate: the front end (regex, serde_json, thiserror), layer extraction (tar and the
+//! compression crates) and docker config.json parsing (serde, base64).
 
 #[path = "../../builder/src/dockerfile/mod.rs"]
 pub mod dockerfile;
@@ -7,3 +8,5 @@ pub mod dockerfile;
 pub mod dockerignore;
 #[path = "../../builder/src/plan.rs"]
 pub mod plan;
+
+pub mod image;
