@@ -66,9 +66,12 @@ pub fn strata(bin: &Path, job: &Job, mode: &str, extra: &[String]) -> Result<Run
     let tmp = job.work.join("tmp");
     std::fs::create_dir_all(&tmp)?;
     let mut cmd = Command::new(bin);
-    cmd.env("TMPDIR", &tmp)
+    cmd.current_dir(job.work)
+        .env("TMPDIR", &tmp)
         .arg("--context")
         .arg(job.ctx)
+        .arg("--dockerfile")
+        .arg(job.ctx.join("Dockerfile"))
         .arg("--build-arg")
         .arg(format!("BASE={}", job.base))
         .args(["--insecure-registry", job.registry])
@@ -99,7 +102,8 @@ pub fn buildah(job: &Job, storage: &Path) -> Result<Run> {
     let tmp = job.work.join("tmp");
     std::fs::create_dir_all(&tmp)?;
     let global = |cmd: &mut Command| {
-        cmd.env("TMPDIR", &tmp)
+        cmd.current_dir(job.work)
+            .env("TMPDIR", &tmp)
             .arg("--root")
             .arg(storage.join("root"))
             .arg("--runroot")

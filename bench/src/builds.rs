@@ -74,7 +74,7 @@ const FIXTURES: [Fixture; 6] = [
         what: "a stage generating 2,000 files into a tarball; the final stage COPY --from it and unpacks it",
     },
     Fixture {
-        label: "small-app, cached",
+        label: "small-app-cached",
         dir: "small-app",
         base: Base::Busybox,
         cached: true,
