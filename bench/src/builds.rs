@@ -112,6 +112,7 @@ pub fn run(common: &Common, o: &Options) -> Result<()> {
         );
     }
     let load_after = report::load();
+    let floor = crate::proc::own_peak_mib();
     drop(wb);
 
     let plot_dir = common.docs.join("bench");
@@ -146,7 +147,7 @@ pub fn run(common: &Common, o: &Options) -> Result<()> {
         &groups,
         &series(&|r| r.rss.max()),
     )?;
-    let body = markdown(&rows, common.rounds, &load_before, &load_after);
+    let body = markdown(&rows, common.rounds, &load_before, &load_after, floor);
     println!("{body}");
     report::write_section(&common.docs, "builds", &body)
 }
@@ -253,7 +254,13 @@ fn check_all_hit(b: Builder, run: &Run) -> Result<()> {
     Ok(())
 }
 
-fn markdown(rows: &[Row], rounds: usize, load_before: &str, load_after: &str) -> String {
+fn markdown(
+    rows: &[Row],
+    rounds: usize,
+    load_before: &str,
+    load_after: &str,
+    floor: f64,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Whole builds: strata against buildah\n");
     let _ = writeln!(
@@ -266,7 +273,7 @@ fn markdown(rows: &[Row], rounds: usize, load_before: &str, load_after: &str) ->
         "Each fixture in `fixtures/bench/` is built from its base image in a local registry (`docker-registry` on 127.0.0.1, a fresh one per fixture) to an image pushed to that registry. \
          Every build has a fresh work directory on a fresh journaled ext4 loop file system (`TMPDIR` too). {rounds} rounds, contenders alternating in rotating order; median (min–max). \
          `× strata fuse` is the median time over strata fuse's (above 1 means slower than strata fuse). \
-         CPU is user + system time of the builder and the processes it waited for. Peak RSS is `ru_maxrss` from `wait4`: the largest single process of the build (the builder itself or a RUN command), the largest of the rounds.\n"
+         CPU is user + system time of the builder and the processes it waited for. Peak RSS is `ru_maxrss` from `wait4`: the largest single process of the build (the builder itself or a RUN command), the largest of the rounds; it cannot be below the benchmark process's own peak ({floor:.0} MiB here), which a child inherits at exec.\n"
     );
     let _ = writeln!(s, "Contenders:\n");
     let _ = writeln!(

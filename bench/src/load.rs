@@ -91,9 +91,18 @@ pub fn run(common: &Common, o: &Options) -> Result<()> {
     remove_tree(&verify)?;
 
     let load_after = report::load();
+    let floor = crate::proc::own_peak_mib();
     drop(registry);
     drop(wb);
-    let body = markdown(&waves, &big, o, verify_secs, &load_before, &load_after);
+    let body = markdown(
+        &waves,
+        &big,
+        o,
+        verify_secs,
+        &load_before,
+        &load_after,
+        floor,
+    );
     println!("{body}");
     report::write_section(&common.docs, "load", &body)
 }
@@ -212,6 +221,7 @@ fn markdown(
     verify_secs: f64,
     load_before: &str,
     load_after: &str,
+    floor: f64,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -228,7 +238,7 @@ fn markdown(
         s,
         "{} strata builds (`--snapshot-mode=fuse`) of `fixtures/bench/five-steps` started at once, each with its own work directory and destination in a local `docker-registry`, all sharing one `--cache-dir` with `--cache=true --cache-copy-layers=true`: \
          a cold wave on an empty cache, then a warm wave. Every build must succeed and every image is then verified by copying it out of the registry with skopeo (every digest checked). \
-         Peak RSS is `ru_maxrss` from `wait4` for each build's process tree; the table gives the largest.\n",
+         Peak RSS is `ru_maxrss` from `wait4` for each build's process tree; the table gives the largest. No value can be below the benchmark process's own peak ({floor:.0} MiB here), which a child inherits at exec.\n",
         o.builds
     );
     let _ = writeln!(

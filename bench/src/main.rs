@@ -102,12 +102,15 @@ fn main() -> Result<()> {
             cache: c,
             load: d,
         } => {
-            snapshot::run(&cli.common, &s)?;
-            layer::run(&cli.common, &l)?;
-            fuse::run_cli(&cli.common, &f)?;
+            // The families that measure the peak RSS of builds go first:
+            // a child's ru_maxrss starts from this process's high-water
+            // mark, which `snapshot` and `layer` raise to gigabytes.
             builds::run(&cli.common, &b)?;
             cache::run(&cli.common, &c)?;
-            load::run(&cli.common, &d)
+            load::run(&cli.common, &d)?;
+            snapshot::run(&cli.common, &s)?;
+            layer::run(&cli.common, &l)?;
+            fuse::run_cli(&cli.common, &f)
         }
     }
 }

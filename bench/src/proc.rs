@@ -99,3 +99,17 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
     }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
+
+/// This process's own peak RSS in MiB (`VmHWM`). A child's `ru_maxrss`
+/// starts from it (exec keeps the parent's high-water mark), so it is a
+/// floor under every peak measured here; reports state it.
+pub fn own_peak_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
