@@ -50,7 +50,13 @@ pub fn run_cli(common: &crate::Common, opts: &Options) -> Result<()> {
     let plot_dir = common.docs.join("bench");
     std::fs::create_dir_all(&plot_dir)?;
     let (groups, series) = report.ratios();
-    crate::plot::grouped_bars(&plot_dir.join("fuse-run-overhead.svg"), "RUN step time / plain directory", "× plain", &groups, &series)?;
+    crate::plot::grouped_bars(
+        &plot_dir.join("fuse-run-overhead.svg"),
+        "RUN step time / plain directory",
+        "× plain",
+        &groups,
+        &series,
+    )?;
     let body = format!(
         "## FUSE journal\n\n{}\n![RUN overhead under the FUSE journal](bench/fuse-run-overhead.svg)\n",
         report.markdown()
@@ -129,7 +135,11 @@ impl Contender {
 pub fn run(cfg: &Config) -> Result<Report> {
     let euid = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|ids| ids.split_whitespace().nth(1).map(String::from)))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|ids| ids.split_whitespace().nth(1).map(String::from))
+        })
         .flatten();
     if euid.as_deref() != Some("0") {
         bail!("the FUSE benchmarks need root (loop mounts, FUSE and overlayfs mounts)");
@@ -138,12 +148,17 @@ pub fn run(cfg: &Config) -> Result<Report> {
         bail!("FUSE is not usable here: {e}");
     }
     let size_gib = (cfg.data_mib * 2).div_ceil(1024) + 2;
-    let inodes = (cfg.root_sizes.iter().copied().max().unwrap_or(0) + cfg.small_files * 2 + 10_000) as u64;
+    let inodes =
+        (cfg.root_sizes.iter().copied().max().unwrap_or(0) + cfg.small_files * 2 + 10_000) as u64;
     let fs = LoopFs::create(&cfg.scratch, size_gib, inodes)?;
     let base = fs.path().to_path_buf();
     let mut notes = Vec::new();
 
-    let mut contenders = vec![Contender::Plain, Contender::Overlay, Contender::Fuse { passthrough: false }];
+    let mut contenders = vec![
+        Contender::Plain,
+        Contender::Overlay,
+        Contender::Fuse { passthrough: false },
+    ];
     if fuse::passthrough_allowed() {
         contenders.push(Contender::Fuse { passthrough: true });
     } else {
@@ -155,7 +170,10 @@ pub fn run(cfg: &Config) -> Result<Report> {
     let workloads = [
         (
             format!("extract {} small files, then find", cfg.small_files),
-            format!("tar xf {} -C \"$T\" && find \"$T\" | wc -l >/dev/null", tarball.display()),
+            format!(
+                "tar xf {} -C \"$T\" && find \"$T\" | wc -l >/dev/null",
+                tarball.display()
+            ),
         ),
         (
             format!("write (fsync) then read {} MiB", cfg.data_mib),
@@ -170,7 +188,12 @@ pub fn run(cfg: &Config) -> Result<Report> {
     for (name, script) in &workloads {
         let mut rows: Vec<Measurement> = contenders
             .iter()
-            .map(|c| Measurement { workload: name.clone(), contender: c.name().into(), samples: vec![], finish: vec![] })
+            .map(|c| Measurement {
+                workload: name.clone(),
+                contender: c.name().into(),
+                samples: vec![],
+                finish: vec![],
+            })
             .collect();
         for round in 0..cfg.rounds {
             for k in 0..contenders.len() {
@@ -207,14 +230,22 @@ pub fn run(cfg: &Config) -> Result<Report> {
             m.finish.push(t.elapsed().as_secs_f64());
             m.samples.push(start.elapsed().as_secs_f64());
             if set.changed.len() != 2 {
-                bail!("a one-file change gave {} changed paths: {set:?}", set.changed.len());
+                bail!(
+                    "a one-file change gave {} changed paths: {set:?}",
+                    set.changed.len()
+                );
             }
         }
         snapshots.push(m);
         std::fs::remove_dir_all(&root)?;
     }
 
-    Ok(Report { machine: machine(), steps, snapshots, notes })
+    Ok(Report {
+        machine: machine(),
+        steps,
+        snapshots,
+        notes,
+    })
 }
 
 /// Runs `script` (with `$T` the step's directory) under `contender`.
@@ -231,7 +262,11 @@ fn run_step(base: &Path, contender: Contender, script: &str) -> Result<(f64, Opt
     sync();
     let shell = |dir: &Path| -> Result<f64> {
         let start = Instant::now();
-        let status = Command::new("sh").arg("-c").arg(script).env("T", dir).status()?;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("T", dir)
+            .status()?;
         let took = start.elapsed().as_secs_f64();
         if !status.success() {
             bail!("`{script}` failed: {status}");
@@ -241,17 +276,33 @@ fn run_step(base: &Path, contender: Contender, script: &str) -> Result<(f64, Opt
     let result = match contender {
         Contender::Plain => (shell(&target)?, None),
         Contender::Overlay => {
-            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-            command(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&mnt))?;
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            command(
+                Command::new("mount")
+                    .args(["-t", "overlay", "overlay", "-o", &opts])
+                    .arg(&mnt),
+            )?;
             let took = shell(&mnt);
             command(Command::new("umount").arg(&mnt))?;
             (took?, None)
         }
         Contender::Fuse { passthrough } => {
-            let opts = fuse::Options { passthrough, ..Default::default() };
-            let step = fuse::mount_step_with(&root, &mnt, &[], &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let opts = fuse::Options {
+                passthrough,
+                ..Default::default()
+            };
+            let step = fuse::mount_step_with(&root, &mnt, &[], &opts)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             if step.stats().passthrough != passthrough {
-                bail!("asked for passthrough={passthrough}, the kernel gave {:?}", step.stats());
+                bail!(
+                    "asked for passthrough={passthrough}, the kernel gave {:?}",
+                    step.stats()
+                );
             }
             let took = shell(&mnt)?;
             let start = Instant::now();
@@ -288,7 +339,10 @@ impl Report {
         for (name, values) in &mut series {
             for g in &groups {
                 let median_of = |contender: &str| {
-                    self.steps.iter().find(|m| &m.workload == g && m.contender == contender).map(Measurement::median)
+                    self.steps
+                        .iter()
+                        .find(|m| &m.workload == g && m.contender == contender)
+                        .map(Measurement::median)
                 };
                 let ratio = match (median_of(name), median_of(Contender::Plain.name())) {
                     (Some(v), Some(p)) if p > 0.0 => v / p,
@@ -311,7 +365,10 @@ impl Report {
             s.push('\n');
         }
         let _ = writeln!(s, "### RUN overhead\n");
-        let _ = writeln!(s, "| step | contender | median s (min–max) | × plain | journal finish s |");
+        let _ = writeln!(
+            s,
+            "| step | contender | median s (min–max) | × plain | journal finish s |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|");
         for m in &self.steps {
             let plain = self
@@ -320,7 +377,11 @@ impl Report {
                 .find(|p| p.workload == m.workload && p.contender == Contender::Plain.name())
                 .map(Measurement::median)
                 .unwrap_or(f64::NAN);
-            let finish = if m.finish.is_empty() { "–".to_string() } else { format!("{:.3}", median(&m.finish)) };
+            let finish = if m.finish.is_empty() {
+                "–".to_string()
+            } else {
+                format!("{:.3}", median(&m.finish))
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {:.2} | {} |",
@@ -332,10 +393,19 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\n### Snapshot of a one-file change under `fuse`\n");
-        let _ = writeln!(s, "| root | mount + change + finish, median s (min–max) | finish only, median s |");
+        let _ = writeln!(
+            s,
+            "| root | mount + change + finish, median s (min–max) | finish only, median s |"
+        );
         let _ = writeln!(s, "|---|---|---|");
         for m in &self.snapshots {
-            let _ = writeln!(s, "| {} | {} | {:.4} |", m.workload, summary(&m.samples), median(&m.finish));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.4} |",
+                m.workload,
+                summary(&m.samples),
+                median(&m.finish)
+            );
         }
         s
     }
@@ -348,7 +418,11 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn summary(v: &[f64]) -> String {
@@ -360,7 +434,14 @@ fn summary(v: &[f64]) -> String {
 /// `files` small files in directories of 100, tarred up with the system tar.
 fn make_tarball(src: &Path, tarball: &Path, files: usize) -> Result<()> {
     make_tree(src, files)?;
-    command(Command::new("tar").arg("cf").arg(tarball).arg("-C").arg(src).arg("."))?;
+    command(
+        Command::new("tar")
+            .arg("cf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(src)
+            .arg("."),
+    )?;
     std::fs::remove_dir_all(src)?;
     Ok(())
 }
@@ -386,13 +467,20 @@ fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!("{cpus} CPUs, Linux {}, load average {} at start", kernel.trim(), load.join(" "))
+    format!(
+        "{cpus} CPUs, Linux {}, load average {} at start",
+        kernel.trim(),
+        load.join(" ")
+    )
 }
 
 fn command(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -409,13 +497,34 @@ impl LoopFs {
         let id = std::process::id();
         let image = scratch.join(format!("strata-bench-fuse-{id}.ext4"));
         let mountpoint = scratch.join(format!("strata-bench-fuse-{id}.mnt"));
-        let file = std::fs::File::create(&image).with_context(|| format!("creating {}", image.display()))?;
+        let file = std::fs::File::create(&image)
+            .with_context(|| format!("creating {}", image.display()))?;
         file.set_len(size_gib << 30)?;
         drop(file);
-        let mut fs = LoopFs { image, mountpoint, mounted: false };
+        let mut fs = LoopFs {
+            image,
+            mountpoint,
+            mounted: false,
+        };
         std::fs::create_dir_all(&fs.mountpoint)?;
-        command(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-N"]).arg(inodes.max(65536).to_string()).arg(&fs.image))?;
-        command(Command::new("mount").args(["-o", "loop"]).arg(&fs.image).arg(&fs.mountpoint))?;
+        command(
+            Command::new("mkfs.ext4")
+                .args([
+                    "-q",
+                    "-F",
+                    "-E",
+                    "lazy_itable_init=0,lazy_journal_init=0",
+                    "-N",
+                ])
+                .arg(inodes.max(65536).to_string())
+                .arg(&fs.image),
+        )?;
+        command(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&fs.image)
+                .arg(&fs.mountpoint),
+        )?;
         fs.mounted = true;
         Ok(fs)
     }

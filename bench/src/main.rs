@@ -6,13 +6,20 @@
 //!
 //! `cargo run --release -p strata-bench -- all` (needs root for the loop mount).
 
+mod builders;
+mod builds;
+mod cache;
 mod fuse;
 mod layer;
+mod load;
 mod loopfs;
 mod plot;
+mod proc;
+mod registry;
 mod report;
 mod snapshot;
 mod stats;
+mod workbench;
 
 use std::path::PathBuf;
 
@@ -54,6 +61,12 @@ enum Command {
     /// RUN overhead of the FUSE journal (plain dir, overlayfs, passthrough or
     /// not) and its one-file snapshot cost.
     Fuse(fuse::Options),
+    /// Whole builds of fixtures/bench/ by strata (fuse, full, redo) and buildah.
+    Builds(builds::Options),
+    /// Cold against warm rebuilds with the layer cache.
+    Cache(cache::Options),
+    /// Concurrent builds sharing a --cache-dir, and a 2 GiB layer.
+    Load(load::Options),
     /// Every benchmark, with default sizes.
     All {
         #[command(flatten)]
@@ -62,6 +75,12 @@ enum Command {
         layer: layer::Options,
         #[command(flatten)]
         fuse: fuse::Options,
+        #[command(flatten)]
+        builds: builds::Options,
+        #[command(flatten)]
+        cache: cache::Options,
+        #[command(flatten)]
+        load: load::Options,
     },
 }
 
@@ -72,7 +91,23 @@ fn main() -> Result<()> {
         Command::Snapshot(o) => snapshot::run(&cli.common, &o),
         Command::Layer(o) => layer::run(&cli.common, &o),
         Command::Fuse(o) => fuse::run_cli(&cli.common, &o),
-        Command::All { snapshot: s, layer: l, fuse: f } => {
+        Command::Builds(o) => builds::run(&cli.common, &o),
+        Command::Cache(o) => cache::run(&cli.common, &o),
+        Command::Load(o) => load::run(&cli.common, &o),
+        Command::All {
+            snapshot: s,
+            layer: l,
+            fuse: f,
+            builds: b,
+            cache: c,
+            load: d,
+        } => {
+            // The families that measure the peak RSS of builds go first:
+            // a child's ru_maxrss starts from this process's high-water
+            // mark, which `snapshot` and `layer` raise to gigabytes.
+            builds::run(&cli.common, &b)?;
+            cache::run(&cli.common, &c)?;
+            load::run(&cli.common, &d)?;
             snapshot::run(&cli.common, &s)?;
             layer::run(&cli.common, &l)?;
             fuse::run_cli(&cli.common, &f)
