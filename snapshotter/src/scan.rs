@@ -111,9 +111,10 @@ pub fn update_declared(
     let mut changes = ChangeSet::default();
     let mut gone = Vec::new();
     // Paths under a non-directory are never looked at: that would follow a symlink.
-    let mut not_dirs: Vec<PathBuf> = Vec::new();
+    // A set probed with each path's ancestors: a COPY declares thousands of files.
+    let mut not_dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for path in &targets {
-        if not_dirs.iter().any(|n| path.starts_with(n)) {
+        if path.ancestors().any(|a| not_dirs.contains(a)) {
             continue;
         }
         let stat = match Stat::lstat(&root.join(path)) {
@@ -122,7 +123,7 @@ pub fn update_declared(
                 if manifest.get(path).is_some() {
                     gone.push(path.clone());
                 }
-                not_dirs.push(path.clone());
+                not_dirs.insert(path.clone());
                 continue;
             }
             Err(e) => {
@@ -135,7 +136,7 @@ pub fn update_declared(
         let was_dir = manifest.is_dir(path);
         let existed = manifest.get(path).is_some();
         if !stat.is_dir() {
-            not_dirs.push(path.clone());
+            not_dirs.insert(path.clone());
         }
         let Some(l) = look(root, path.clone(), stat, manifest, compare)? else {
             continue;
