@@ -135,6 +135,13 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
 
     let work = workdir::WorkDir::new(args.options.kaniko_dir.as_deref(), args.options.cleanup)?;
+    // Temporary files (FUSE mountpoints, a RUN's host-side files) go inside the
+    // build directory: removed with it, and by the next build after a SIGKILL.
+    let tmp = work.build_dir().join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // SAFETY: the only other thread now is the signal thread, which waits for
+    // signals and does not read the environment.
+    unsafe { std::env::set_var("TMPDIR", &tmp) };
     let store = BlobStore::new(work.blobs())?;
     let git = GitOptions::parse(&args.input.git)?;
     tracing::info!("Preparing build context {}", args.input.context);
