@@ -6,7 +6,7 @@
 //! (a plain Kubernetes pod), and kaniko's way of running in the container's
 //! own root (only inside a container, or with `--force`).
 
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::fmt;
 
 use anyhow::{Result, bail};
@@ -67,7 +67,7 @@ fn probe_in_child(probe: impl FnOnce() -> bool) -> bool {
     }
 }
 
-fn write_file(path: &CString, data: &[u8]) -> bool {
+fn write_file(path: &CStr, data: &[u8]) -> bool {
     // SAFETY: plain open/write/close.
     unsafe {
         let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
@@ -82,27 +82,7 @@ fn write_file(path: &CString, data: &[u8]) -> bool {
 
 /// Whether new namespaces can be made and mounted in as we are.
 fn can_use_namespaces() -> bool {
-    let slash = CString::from(c"/");
-    let none = CString::from(c"none");
-    let tmpfs = CString::from(c"tmpfs");
-    let tmp = CString::from(c"/tmp");
-    probe_in_child(|| unsafe {
-        libc::unshare(NS_FLAGS) == 0
-            && libc::mount(
-                none.as_ptr(),
-                slash.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) == 0
-            && libc::mount(
-                tmpfs.as_ptr(),
-                tmp.as_ptr(),
-                tmpfs.as_ptr(),
-                0,
-                std::ptr::null(),
-            ) == 0
-    })
+    probe_in_child(|| unsafe { libc::unshare(NS_FLAGS) == 0 && can_mount() })
 }
 
 /// Whether an unprivileged user namespace can be made, mapped and mounted in.
@@ -111,39 +91,29 @@ fn can_use_user_namespace() -> bool {
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let uid_map = format!("0 {uid} 1");
     let gid_map = format!("0 {gid} 1");
-    let setgroups = CString::from(c"/proc/self/setgroups");
-    let uid_path = CString::from(c"/proc/self/uid_map");
-    let gid_path = CString::from(c"/proc/self/gid_map");
-    let slash = CString::from(c"/");
-    let none = CString::from(c"none");
-    let tmpfs = CString::from(c"tmpfs");
-    let tmp = CString::from(c"/tmp");
     probe_in_child(|| unsafe {
         libc::unshare(libc::CLONE_NEWUSER | NS_FLAGS) == 0
-            && write_file(&setgroups, b"deny")
-            && write_file(&uid_path, uid_map.as_bytes())
-            && write_file(&gid_path, gid_map.as_bytes())
-            && libc::mount(
-                none.as_ptr(),
-                slash.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) == 0
-            && libc::mount(
-                tmpfs.as_ptr(),
-                tmp.as_ptr(),
-                tmpfs.as_ptr(),
-                0,
-                std::ptr::null(),
-            ) == 0
+            && write_file(c"/proc/self/setgroups", b"deny")
+            && write_file(c"/proc/self/uid_map", uid_map.as_bytes())
+            && write_file(c"/proc/self/gid_map", gid_map.as_bytes())
+            && can_mount()
     })
+}
+
+/// In a probe child that has just unshared its mount namespace: whether it
+/// may make the mounts a RUN needs (everything private, a tmpfs). Static C
+/// strings only: nothing is allocated after the fork.
+unsafe fn can_mount() -> bool {
+    unsafe {
+        libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
+            == 0
+            && libc::mount(c"tmpfs".as_ptr(), c"/tmp".as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) == 0
+    }
 }
 
 /// Whether chroot(2) is allowed (CAP_SYS_CHROOT).
 fn can_chroot() -> bool {
-    let slash = CString::from(c"/");
-    probe_in_child(|| unsafe { libc::chroot(slash.as_ptr()) == 0 })
+    probe_in_child(|| unsafe { libc::chroot(c"/".as_ptr()) == 0 })
 }
 
 /// Whether strata itself runs inside a container (Docker, Podman, Kubernetes,
