@@ -124,8 +124,8 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
             }
         }
         if needs_root(&expanded) && !deferred.is_empty() {
+            // `Cache::apply` fetches the layer first.
             let mut apply = |snap: &mut Snapshotter, hit: &crate::cache::Hit, name: &str| {
-                build.cache.fetch(hit, &build.store)?;
                 apply_hit(build, snap, &root, name, hit).map(|_| ())
             };
             if let Some(rewind) = deferred.apply_all(&mut apply, &mut snap, &mut image, &mut vars) {
@@ -240,7 +240,7 @@ fn cache_plan(
     }
 }
 
-/// Applies a fetched hit's layer to the root as a step strata writes itself
+/// Applies a hit's layer (fetched first if needed) to the root as a step strata writes itself
 /// (the snapshotter is told what it wrote); returns the layer.
 fn apply_hit(build: &Build, snap: &mut Snapshotter, root: &Path, name: &str, hit: &crate::cache::Hit) -> Result<LayerDescriptor> {
     snap.begin_step(strata_snapshotter::StepKind::Write)?;
