@@ -21,15 +21,19 @@ pub fn busybox_layout(dir: &Path) -> String {
 /// The busybox base pushed to `registry` (host:port) as `repo:tag`, with
 /// skopeo; returns the reference pushed.
 pub fn push_busybox(registry: &str, repo: &str, tag: &str, scratch: &Path) -> String {
+    push_busybox_as(registry, repo, tag, scratch, None)
+}
+
+/// [`push_busybox`] to a registry that wants `user:password` credentials.
+pub fn push_busybox_as(registry: &str, repo: &str, tag: &str, scratch: &Path, creds: Option<&str>) -> String {
     let layout = scratch.join("busybox-layout");
     if !layout.join("index.json").exists() {
         busybox_layout(&layout);
     }
     let reference = format!("{registry}/{repo}:{tag}");
-    crate::tools::skopeo_copy(
-        &format!("oci:{}:latest", layout.display()),
-        &format!("docker://{reference}"),
-        &["--dest-tls-verify=false"],
-    );
+    let creds = creds.map(|c| format!("--dest-creds={c}"));
+    let mut args = vec!["--dest-tls-verify=false"];
+    args.extend(creds.as_deref());
+    crate::tools::skopeo_copy(&format!("oci:{}:latest", layout.display()), &format!("docker://{reference}"), &args);
     reference
 }

@@ -23,13 +23,7 @@ fn authorization_expiring_mid_push_is_renewed() {
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
     let reg = Registry::start_with_auth("alice", "s3cret-pw");
-    let layout = s.join("busybox-layout");
-    fixtures::busybox_layout(&layout);
-    tools::skopeo_copy(
-        &format!("oci:{}:latest", layout.display()),
-        &format!("docker://{}/base/busybox:1", reg.addr),
-        &["--dest-tls-verify=false", "--dest-creds=alice:s3cret-pw"],
-    );
+    fixtures::push_busybox_as(&reg.addr, "base/busybox", "1", s, Some("alice:s3cret-pw"));
     let proxy = FaultProxy::start(&reg.addr);
     let docker_config = s.join("docker");
     std::fs::create_dir(&docker_config).unwrap();
