@@ -783,7 +783,10 @@ impl Filesystem for Fs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        // Nothing to do at close. With writeback caching the kernel ignores
+        // FOPEN_NOFLUSH and asks on every close; ENOSYS makes it stop asking
+        // for the rest of the mount (it writes dirty pages back either way).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
