@@ -228,3 +228,101 @@ fn signals_at_random_moments_leave_nothing_behind() {
         }
     }
 }
+
+/// Without --kaniko-dir (and no /kaniko), a build works in a temporary
+/// `$TMPDIR/strata-PID@HOST-…` directory; after SIGKILL it cannot remove it,
+/// so the next build does.
+#[test]
+fn sigkilled_build_temporary_work_dir_is_removed_by_the_next_build() {
+    let t = "sigkilled_build_temporary_work_dir_is_removed_by_the_next_build";
+    if !requirements(t) || !require::fuse(t) {
+        return;
+    }
+    if Path::new("/kaniko").is_dir() {
+        println!("SKIP {t}: /kaniko exists here, so builds do not use a temporary work directory");
+        return;
+    }
+    let s = Scratch::new();
+    let tmp = s.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let context = s.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM base\nRUN echo started && sleep 30\n",
+    )
+    .unwrap();
+    let build_args = args(&[
+        "--context",
+        context.to_str().unwrap(),
+        "--build-context",
+        &s.base_context(),
+        "--no-push",
+    ]);
+    let mut child = Command::new(strata_tests::strata_bin())
+        .args(&build_args)
+        .env("TMPDIR", &tmp)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    assert!(
+        wait_line(&rx, "started", Duration::from_secs(60)),
+        "the RUN never started"
+    );
+    let work_dirs = || -> Vec<String> {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("strata-"))
+            .collect()
+    };
+    let during = work_dirs();
+    assert_eq!(
+        during.len(),
+        1,
+        "one temporary work directory while building: {during:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        work_dirs(),
+        during,
+        "SIGKILL cannot remove the work directory"
+    );
+
+    let next = s.path().join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::write(next.join("Dockerfile"), "FROM base\nLABEL next=1\n").unwrap();
+    let next_args = args(&[
+        "--context",
+        next.to_str().unwrap(),
+        "--build-context",
+        &s.base_context(),
+        "--no-push",
+    ]);
+    let log = strata_ok(&next_args, &next, &[("TMPDIR", tmp.to_str().unwrap())]);
+    // The next build unmounted the killed build's FUSE journal, then removed its work directory.
+    assert!(
+        mounts_under(&tmp).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&tmp)
+    );
+    assert!(
+        work_dirs().is_empty(),
+        "left in TMPDIR after the next build: {:?}\n{log}",
+        work_dirs()
+    );
+}

@@ -2,7 +2,8 @@
 //! unpacked context, blobs and RUN cache mounts live.
 //!
 //! `--kaniko-dir DIR`, else `/kaniko` when it exists and is writable, else a
-//! fresh temporary directory. Each build works in its own `build-PID@HOST-XXXX`
+//! fresh temporary directory (`$TMPDIR/strata-PID@HOST-XXXX`, removed at the
+//! end, or by the next build if this one is killed). Each build works in its own `build-PID@HOST-XXXX`
 //! subdirectory, removed when the build ends whatever the outcome; one left
 //! by a killed build (its PID no longer running) is removed by the next
 //! build that starts in the same work directory. Blobs
@@ -31,11 +32,16 @@ impl WorkDir {
             }
             None if writable(Path::new("/kaniko")) => (PathBuf::from("/kaniko"), None),
             None => {
-                let t = tempfile::Builder::new().prefix("strata-").tempdir().context("creating a work directory")?;
+                let tmp = std::env::temp_dir();
+                remove_abandoned(&tmp, "strata-");
+                let t = tempfile::Builder::new()
+                    .prefix(&format!("strata-{}-", crate::image::store::owner_tag()))
+                    .tempdir_in(&tmp)
+                    .context("creating a work directory")?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        remove_abandoned(&base);
+        remove_abandoned(&base, "build-");
         let build = tempfile::Builder::new()
             .prefix(&format!("build-{}-", crate::image::store::owner_tag()))
             .tempdir_in(&base)
@@ -83,21 +89,23 @@ impl Drop for WorkDir {
     }
 }
 
-/// Removes `build-PID@HOST-*` directories of this host whose process is gone (killed with
-/// SIGKILL), unless something is still mounted under one.
-fn remove_abandoned(base: &Path) {
+/// Removes `PREFIX PID@HOST-*` directories (`build-…` in a work directory,
+/// `strata-…` temporary work directories in $TMPDIR) of this host whose
+/// process is gone (killed with SIGKILL), unless something is still mounted
+/// under one.
+fn remove_abandoned(base: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.strip_prefix("build-").is_some_and(crate::image::store::owner_gone) {
+        if !name.strip_prefix(prefix).is_some_and(crate::image::store::owner_gone) {
             continue;
         }
         let path = e.path();
-        let prefix = format!(" {}/", path.display());
-        if mounts.lines().any(|l| l.contains(&prefix) || l.contains(&format!(" {} ", path.display()))) {
+        let under = format!(" {}/", path.display());
+        if mounts.lines().any(|l| l.contains(&under) || l.contains(&format!(" {} ", path.display()))) {
             tracing::warn!("not removing {} left by a killed build: something is still mounted in it", path.display());
             continue;
         }
