@@ -81,21 +81,9 @@ impl Case<'_> {
         } else {
             a.push("--no-push".to_string());
         }
-        let mut child = Command::new(strata_tests::strata_bin())
-            .args(&a)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        (child, rx)
+        let mut cmd = Command::new(strata_tests::strata_bin());
+        cmd.args(&a).stderr(std::fs::File::create(dir.join("log")).unwrap());
+        spawn_with_lines(cmd)
     }
 
     /// Checks the outputs of an interrupted build: each absent or complete.
@@ -117,6 +105,19 @@ impl Case<'_> {
             tools::skopeo_copy(&tag, &format!("oci:{}:x", copy.display()), &["--src-tls-verify=false"]);
         }
     }
+}
+
+/// Starts strata; returns the child and a channel of its stdout lines.
+fn spawn_with_lines(mut cmd: Command) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = cmd.env("NO_COLOR", "1").stdout(Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
 }
 
 fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> bool {
@@ -245,84 +246,31 @@ fn sigkilled_build_temporary_work_dir_is_removed_by_the_next_build() {
     let s = Scratch::new();
     let tmp = s.path().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    let context = s.path().join("context");
-    std::fs::create_dir_all(&context).unwrap();
-    std::fs::write(
-        context.join("Dockerfile"),
-        "FROM base\nRUN echo started && sleep 30\n",
-    )
-    .unwrap();
-    let build_args = args(&[
-        "--context",
-        context.to_str().unwrap(),
-        "--build-context",
-        &s.base_context(),
-        "--no-push",
-    ]);
-    let mut child = Command::new(strata_tests::strata_bin())
-        .args(&build_args)
-        .env("TMPDIR", &tmp)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    assert!(
-        wait_line(&rx, "started", Duration::from_secs(60)),
-        "the RUN never started"
-    );
-    let work_dirs = || -> Vec<String> {
-        std::fs::read_dir(&tmp)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("strata-"))
-            .collect()
+    // A build of `dockerfile` in a context of its own, without --kaniko-dir.
+    let build = |name: &str, dockerfile: &str| -> Vec<String> {
+        let context = s.path().join(name);
+        std::fs::create_dir_all(&context).unwrap();
+        std::fs::write(context.join("Dockerfile"), dockerfile).unwrap();
+        args(&["--context", context.to_str().unwrap(), "--build-context", &s.base_context(), "--no-push"])
     };
+    let work_dirs = || -> Vec<String> {
+        let names = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+        names.filter(|n| n.starts_with("strata-")).collect()
+    };
+
+    let mut cmd = Command::new(strata_tests::strata_bin());
+    cmd.args(build("killed", "FROM base\nRUN echo started && sleep 30\n")).env("TMPDIR", &tmp).stderr(Stdio::null());
+    let (mut child, rx) = spawn_with_lines(cmd);
+    assert!(wait_line(&rx, "started", Duration::from_secs(60)), "the RUN never started");
     let during = work_dirs();
-    assert_eq!(
-        during.len(),
-        1,
-        "one temporary work directory while building: {during:?}"
-    );
+    assert_eq!(during.len(), 1, "one temporary work directory while building: {during:?}");
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(
-        work_dirs(),
-        during,
-        "SIGKILL cannot remove the work directory"
-    );
+    assert_eq!(work_dirs(), during, "SIGKILL cannot remove the work directory");
 
-    let next = s.path().join("next");
-    std::fs::create_dir_all(&next).unwrap();
-    std::fs::write(next.join("Dockerfile"), "FROM base\nLABEL next=1\n").unwrap();
-    let next_args = args(&[
-        "--context",
-        next.to_str().unwrap(),
-        "--build-context",
-        &s.base_context(),
-        "--no-push",
-    ]);
-    let log = strata_ok(&next_args, &next, &[("TMPDIR", tmp.to_str().unwrap())]);
+    let next = build("next", "FROM base\nLABEL next=1\n");
+    let log = strata_ok(&next, s.path(), &[("TMPDIR", tmp.to_str().unwrap())]);
     // The next build unmounted the killed build's FUSE journal, then removed its work directory.
-    assert!(
-        mounts_under(&tmp).is_empty(),
-        "mounts left: {:?}",
-        mounts_under(&tmp)
-    );
-    assert!(
-        work_dirs().is_empty(),
-        "left in TMPDIR after the next build: {:?}\n{log}",
-        work_dirs()
-    );
+    assert!(mounts_under(&tmp).is_empty(), "mounts left: {:?}", mounts_under(&tmp));
+    assert!(work_dirs().is_empty(), "left in TMPDIR after the next build: {:?}\n{log}", work_dirs());
 }
