@@ -61,6 +61,8 @@ pub struct Rule {
     occurrences: Vec<usize>,
     fault: Fault,
     matched: usize,
+    /// Behind the token front: revoke every token issued so far when this rule faults.
+    revokes_tokens: bool,
 }
 
 impl Rule {
@@ -73,7 +75,15 @@ impl Rule {
             occurrences: Vec::new(),
             fault,
             matched: 0,
+            revokes_tokens: false,
         }
+    }
+
+    /// Also revoke every token issued so far (as if they expired) each time the
+    /// rule faults, so the next request with one is refused.
+    pub fn revoking_tokens(mut self) -> Rule {
+        self.revokes_tokens = true;
+        self
     }
 
     /// Only the given occurrences (1-based) of matching requests.
@@ -123,11 +133,11 @@ struct TokenFront {
     issued: Mutex<Vec<Grant>>,
 }
 
-#[derive(Clone)]
 struct Grant {
     token: String,
     repository: String,
     push: bool,
+    revoked: bool,
 }
 
 struct Shared {
@@ -335,8 +345,18 @@ fn serve(client: TcpStream, shared: &Shared) {
                 None => {}
             }
         }
-        let fault =
-            shared.rules.lock().unwrap().iter_mut().find_map(|r| r.applies(&method, &path).then(|| r.fault.clone()));
+        let (fault, revoke) = shared
+            .rules
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .find_map(|r| r.applies(&method, &path).then(|| (r.fault.clone(), r.revokes_tokens)))
+            .unzip();
+        if revoke == Some(true)
+            && let Some(front) = &shared.tokens
+        {
+            front.issued.lock().unwrap().iter_mut().for_each(|g| g.revoked = true);
+        }
         seen.fault = fault.clone();
         let keep = match &fault {
             Some(Fault::Status(code)) => reply_empty(&mut client, *code, &[], seen, &shared.seen),
@@ -388,6 +408,7 @@ impl TokenFront {
         let writes = !matches!(method, "GET" | "HEAD");
         self.issued.lock().unwrap().iter().any(|g| {
             g.token == token.trim()
+                && !g.revoked
                 && match repository {
                     Some(repo) => g.repository == repo && (g.push || !writes),
                     None => path == "/v2/",
@@ -425,7 +446,7 @@ fn issue_token(
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let token = format!("fptoken{:x}n{}", nanos, NEXT.fetch_add(1, Ordering::SeqCst));
     let push = actions.split(',').any(|a| a == "push");
-    front.issued.lock().unwrap().push(Grant { token: token.clone(), repository, push });
+    front.issued.lock().unwrap().push(Grant { token: token.clone(), repository, push, revoked: false });
     let body = format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":300}}"#);
     record(seen, 200, log);
     let out =

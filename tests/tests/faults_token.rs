@@ -188,3 +188,33 @@ fn private_token_registry_retry_after_is_honoured() {
         assert_eq!((r.status, r.auth_scheme.as_deref()), (200, Some("Basic")), "{token_requests:#?}");
     }
 }
+
+#[test]
+fn expired_token_is_renewed_for_the_probe() {
+    let t = "expired_token_is_renewed_for_the_probe";
+    if !requirements(t) {
+        return;
+    }
+    let s = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    fixtures::push_busybox(&reg.addr, "base/busybox", "1", s.path());
+    let proxy = FaultProxy::start_with_tokens(&reg.addr, None);
+    let context = context(s.path(), &proxy);
+    let work = s.path().join("work");
+
+    // The token expires between the 429 and strata's probe: the probe is
+    // refused, strata authenticates again and probes with the new token.
+    proxy.add(Rule::new("GET", BASE_MANIFEST, Fault::TooManyRequests { retry_after: 2 }).first(1).revoking_tokens());
+    proxy.add(Rule::new("HEAD", BASE_MANIFEST, Fault::TooManyRequests { retry_after: 2 }).first(1));
+    let out = build(&context, &work, &format!("{}/app/renewed:1", proxy.addr), &[]);
+
+    let log = check_output(&out, &proxy.issued_tokens(), &reg, "app/renewed:1");
+    let seen = proxy.seen_matching("*", BASE_MANIFEST);
+    let answers: Vec<(&str, u16)> = seen.iter().map(|s| (s.method.as_str(), s.status)).collect();
+    assert_eq!(answers, [("GET", 429), ("HEAD", 401), ("HEAD", 429), ("GET", 200)], "{seen:#?}");
+    assert!(seen.iter().all(|s| s.auth_scheme.as_deref() == Some("Bearer")), "{seen:#?}");
+    let gap = seen[3].at - seen[0].at;
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
+    assert_eq!(logged_waits(&log), [2], "{log}");
+    assert!(!log.contains("refused our authorization"), "only the probe was refused:\n{log}");
+}
