@@ -202,19 +202,24 @@ fn expired_token_is_renewed_for_the_probe() {
     let context = context(s.path(), &proxy);
     let work = s.path().join("work");
 
-    // The token expires between the 429 and strata's probe: the probe is
-    // refused, strata authenticates again and probes with the new token.
+    // The manifest GET is limited twice. The first probe gets strata a token
+    // of its own; the second 429 revokes every token (as if they expired), so
+    // the second probe is refused, and strata authenticates again and probes
+    // with the new token.
+    proxy.add(Rule::new("GET", BASE_MANIFEST, Fault::TooManyRequests { retry_after: 1 }).nth(&[1]));
     proxy.add(Rule::new("GET", BASE_MANIFEST, Fault::TooManyRequests { retry_after: 2 }).first(1).revoking_tokens());
+    proxy.add(Rule::new("HEAD", BASE_MANIFEST, Fault::TooManyRequests { retry_after: 1 }).first(1));
     proxy.add(Rule::new("HEAD", BASE_MANIFEST, Fault::TooManyRequests { retry_after: 2 }).first(1));
     let out = build(&context, &work, &format!("{}/app/renewed:1", proxy.addr), &[]);
 
     let log = check_output(&out, &proxy.issued_tokens(), &reg, "app/renewed:1");
     let seen = proxy.seen_matching("*", BASE_MANIFEST);
     let answers: Vec<(&str, u16)> = seen.iter().map(|s| (s.method.as_str(), s.status)).collect();
-    assert_eq!(answers, [("GET", 429), ("HEAD", 401), ("HEAD", 429), ("GET", 200)], "{seen:#?}");
+    let expected = [("GET", 429), ("HEAD", 429), ("GET", 429), ("HEAD", 401), ("HEAD", 429), ("GET", 200)];
+    assert_eq!(answers, expected, "{seen:#?}");
     assert!(seen.iter().all(|s| s.auth_scheme.as_deref() == Some("Bearer")), "{seen:#?}");
-    let gap = seen[3].at - seen[0].at;
-    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
-    assert_eq!(logged_waits(&log), [2], "{log}");
+    assert!(seen[2].at - seen[0].at >= Duration::from_secs(1), "{seen:#?}");
+    assert!(seen[5].at - seen[2].at >= Duration::from_secs(2), "{seen:#?}");
+    assert_eq!(logged_waits(&log), [1, 2], "{log}");
     assert!(!log.contains("refused our authorization"), "only the probe was refused:\n{log}");
 }

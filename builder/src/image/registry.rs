@@ -5,20 +5,21 @@
 //! One `oci_client::Client` is kept per (registry, direction), since plain
 //! HTTP and TLS settings differ between pull and push in kaniko's flags.
 //!
-//! Authentication: each session (registry, repository, direction) asks
-//! `oci-client` to authenticate once; the bearer token it gets (from a token
-//! service, anonymous or with the docker config's credentials) is kept here
-//! too, for the `Retry-After` probe below. Tokens never appear in logs or errors.
+//! Authentication is `oci-client`'s, which keeps its bearer tokens to itself.
+//! When strata authenticates a session (registry, repository, direction)
+//! itself, at its first 429 or after a 401, it keeps the bearer token it gets
+//! (from a token service, anonymous or with the docker config's credentials)
+//! for the `Retry-After` probe below. Tokens never appear in logs or errors.
 //!
 //! Retries: 5xx, 429 and connection errors are retried `--image-download-retry`
 //! / `--push-retry` times, waiting 0.5s, 1s, 2s … (at most 30s). A 429's
 //! `Retry-After` (delta-seconds or HTTP-date; a past date means now) is
 //! honoured, capped at 60s: `oci-client` hides response headers, so the URL
 //! that answered 429 is asked again with a HEAD request through plain
-//! `reqwest` (same TLS settings; the session's bearer token, or basic
-//! credentials, when the URL is the registry's own; a 401 to it renews the
-//! token once) and that answer's `Retry-After` is used; without one, the
-//! exponential wait. A 401 in the middle of a session (an expired token) is
+//! `reqwest` (same TLS settings; when the URL is the registry's own, the
+//! session's bearer token, got then if none is kept, or basic credentials;
+//! a 401 to it renews the token once) and that answer's `Retry-After` is
+//! used; without one, the exponential wait. A 401 in the middle of a session (an expired token) is
 //! retried once after authenticating again.
 
 use std::collections::HashMap;
@@ -125,22 +126,11 @@ impl Registries {
         let client = self.client(r, dir)?;
         let cred = self.credential(r)?;
         client.store_auth_if_needed(r.to_oci().resolve_registry(), &cred.to_oci()).await;
-        let mut tokens = self.tokens.lock().await;
-        let key = token_key(r, dir);
-        if !tokens.contains_key(&key) {
-            // What `oci-client` would do before its first request, done here to
-            // keep the token. A failure is left to that request to report.
-            match client.auth(&r.to_oci(), &cred.to_oci(), operation(dir)).await {
-                Ok(token) => {
-                    tokens.insert(key, token);
-                }
-                Err(e) => tracing::debug!("authenticating to {}: {}", r.registry(), one_line(&e)),
-            }
-        }
         Ok(client)
     }
 
-    /// Authenticates `r`'s session again (its token expired or was refused) and keeps the new token.
+    /// Authenticates `r`'s session (again) and keeps the bearer token it gets;
+    /// `oci-client` uses the new token from then on too.
     async fn renew_token(&self, client: &Client, r: &ImageRef, dir: Direction) -> Result<(), OciDistributionError> {
         let auth = self.credential(r).map_err(|e| OciDistributionError::GenericError(Some(format!("{e:#}"))))?;
         let token = client.auth(&r.to_oci(), &auth.to_oci(), operation(dir)).await?;
@@ -448,11 +438,19 @@ impl Registries {
         let http = builder.build().ok()?;
         // Credentials go to the registry only, never to a host it redirected to (a CDN).
         let ours = reqwest::Url::parse(url).is_ok_and(|u| targets_registry(&u, r, t.plain_http));
+        let key = token_key(r, dir);
         let mut renewed = false;
         loop {
             let mut request = http.head(url);
             if ours {
-                let token = self.tokens.lock().await.get(&token_key(r, dir)).cloned().flatten();
+                if !self.tokens.lock().await.contains_key(&key) {
+                    // The session's first 429: get a token of our own, as oci-client did.
+                    renewed = true;
+                    if let Err(e) = self.renew_token(client, r, dir).await {
+                        tracing::debug!("authenticating to {}: {}", r.registry(), one_line(&e));
+                    }
+                }
+                let token = self.tokens.lock().await.get(&key).cloned().flatten();
                 request = match (token, self.credential(r)) {
                     (Some(token), _) => request.bearer_auth(token),
                     (None, Ok(Credential::Basic { username, password })) => {
@@ -463,7 +461,7 @@ impl Registries {
             }
             let response = request.send().await.ok()?;
             if ours && !renewed && response.status() == reqwest::StatusCode::UNAUTHORIZED && wants_bearer(&response) {
-                // The kept token expired (or none was got yet): renew it, as the retry would.
+                // The kept token expired: renew it, as the retry would.
                 renewed = true;
                 self.renew_token(client, r, dir).await.ok()?;
                 continue;
