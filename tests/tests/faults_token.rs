@@ -3,7 +3,8 @@
 //! session's token, so whole builds pulling from and pushing to such a
 //! registry wait as asked, in both forms of the header (delta-seconds and
 //! HTTP-date), with the anonymous token flow and with a token service that
-//! wants credentials. Tokens and passwords never appear in strata's output.
+//! wants credentials; a token that expires before the probe is renewed.
+//! Tokens and passwords never appear in strata's output.
 
 mod build_support;
 
