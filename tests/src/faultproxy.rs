@@ -4,6 +4,14 @@
 //! a 429 with `Retry-After`, a connection reset or a truncated body mid-blob,
 //! corrupted bytes, a slow response, a 401 as when a token expires.
 //!
+//! Started with [`FaultProxy::start_with_tokens`], it also stands in for the
+//! token service of registries such as Docker Hub, GHCR or Harbor: `GET /token`
+//! issues a bearer token for the `scope` asked (checking basic credentials if
+//! given), and every other request without `Authorization: Bearer <a token it
+//! issued for that repository>` is answered 401 with a `WWW-Authenticate:
+//! Bearer` challenge, before any rule; authorized requests are forwarded
+//! without their `Authorization` header.
+//!
 //! Each request is forwarded on its own upstream connection and the response
 //! is read whole before it is (perhaps damaged and) sent back, so it is meant
 //! for small test images, not for gigabyte blobs. Every request is recorded
@@ -12,7 +20,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,7 +34,11 @@ pub enum Fault {
     Status(u16),
     /// 429 Too Many Requests with `Retry-After: secs`.
     TooManyRequests { retry_after: u64 },
-    /// 401 with a `WWW-Authenticate: Basic` challenge, as a registry answers an expired token.
+    /// 429 Too Many Requests with `Retry-After` as an HTTP-date at least `secs` ahead
+    /// (the next whole second after now + secs).
+    TooManyRequestsUntil { secs: u64 },
+    /// 401 with a `WWW-Authenticate` challenge (Basic, or Bearer behind the token
+    /// front), as a registry answers an expired token.
     Unauthorized,
     /// Forward, then send the headers and half the body and reset the connection (RST).
     ResetMidBody,
@@ -49,6 +61,8 @@ pub struct Rule {
     occurrences: Vec<usize>,
     fault: Fault,
     matched: usize,
+    /// Behind the token front: revoke every token issued so far when this rule faults.
+    revokes_tokens: bool,
 }
 
 impl Rule {
@@ -61,7 +75,15 @@ impl Rule {
             occurrences: Vec::new(),
             fault,
             matched: 0,
+            revokes_tokens: false,
         }
+    }
+
+    /// Also revoke every token issued so far (as if they expired) each time the
+    /// rule faults, so the next request with one is refused.
+    pub fn revoking_tokens(mut self) -> Rule {
+        self.revokes_tokens = true;
+        self
     }
 
     /// Only the given occurrences (1-based) of matching requests.
@@ -99,12 +121,31 @@ pub struct Seen {
     pub status: u16,
     /// Request body length.
     pub body_len: usize,
+    /// The scheme of the request's `Authorization` header (`Basic`, `Bearer`), if any.
+    pub auth_scheme: Option<String>,
+}
+
+/// The bearer-token front: who may have a token, and the tokens issued.
+struct TokenFront {
+    /// The `Authorization` value `GET /token` wants (`Basic …`); None: anyone gets a token.
+    basic: Option<String>,
+    /// Tokens issued, with the repository and actions each was granted.
+    issued: Mutex<Vec<Grant>>,
+}
+
+struct Grant {
+    token: String,
+    repository: String,
+    push: bool,
+    revoked: bool,
 }
 
 struct Shared {
+    addr: String,
     upstream: String,
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
+    tokens: Option<TokenFront>,
 }
 
 /// The proxy; stopped when dropped.
@@ -119,10 +160,30 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy in front of `upstream` (`host:port`) with no rules.
     pub fn start(upstream: &str) -> FaultProxy {
+        Self::start_inner(upstream, None)
+    }
+
+    /// Starts a proxy that also asks for bearer tokens, as Docker Hub does (see
+    /// the module comment); with `credentials` (user, password) its token
+    /// service wants them, as a private registry's does.
+    pub fn start_with_tokens(upstream: &str, credentials: Option<(&str, &str)>) -> FaultProxy {
+        use base64::Engine;
+        let basic = credentials.map(|(user, password)| {
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+        });
+        Self::start_inner(upstream, Some(TokenFront { basic, issued: Mutex::default() }))
+    }
+
+    fn start_inner(upstream: &str, tokens: Option<TokenFront>) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
         let addr = listener.local_addr().expect("proxy address").to_string();
-        let shared =
-            Arc::new(Shared { upstream: upstream.to_string(), rules: Mutex::default(), seen: Mutex::default() });
+        let shared = Arc::new(Shared {
+            addr: addr.clone(),
+            upstream: upstream.to_string(),
+            rules: Mutex::default(),
+            seen: Mutex::default(),
+            tokens,
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let (shared2, stop2) = (shared.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -152,6 +213,14 @@ impl FaultProxy {
     /// The requests seen so far, in order.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// The bearer tokens issued so far (none without the token front).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared
+            .tokens
+            .as_ref()
+            .map_or(Vec::new(), |f| f.issued.lock().unwrap().iter().map(|g| g.token.clone()).collect())
     }
 
     /// The requests seen whose method is `method` and path matches `path_regex`.
@@ -251,33 +320,64 @@ fn serve(client: TcpStream, shared: &Shared) {
         let mut parts = head.line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("").to_string();
-        let fault =
-            shared.rules.lock().unwrap().iter_mut().find_map(|r| r.applies(&method, &path).then(|| r.fault.clone()));
-        let seen = Seen {
+        let mut seen = Seen {
             method: method.clone(),
             path: path.clone(),
             at,
-            fault: fault.clone(),
+            fault: None,
             status: 0,
             body_len: body.len(),
+            auth_scheme: head.header("authorization").and_then(|v| v.split_whitespace().next()).map(str::to_string),
         };
+        if let Some(front) = &shared.tokens {
+            // The token service, and the 401s of the registry behind it, come before any rule.
+            let answered = if path.starts_with("/token") {
+                Some(issue_token(&mut client, front, &head, &path, seen.clone(), &shared.seen))
+            } else if !front.admits(&head, &method, &path) {
+                let challenge = [("WWW-Authenticate", bearer_challenge(shared))];
+                Some(reply_empty(&mut client, 401, &challenge, seen.clone(), &shared.seen))
+            } else {
+                None
+            };
+            match answered {
+                Some(true) => continue,
+                Some(false) => return,
+                None => {}
+            }
+        }
+        let (fault, revoke) = shared
+            .rules
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .find_map(|r| r.applies(&method, &path).then(|| (r.fault.clone(), r.revokes_tokens)))
+            .unzip();
+        if revoke == Some(true)
+            && let Some(front) = &shared.tokens
+        {
+            front.issued.lock().unwrap().iter_mut().for_each(|g| g.revoked = true);
+        }
+        seen.fault = fault.clone();
         let keep = match &fault {
             Some(Fault::Status(code)) => reply_empty(&mut client, *code, &[], seen, &shared.seen),
             Some(Fault::TooManyRequests { retry_after }) => {
                 reply_empty(&mut client, 429, &[("Retry-After", retry_after.to_string())], seen, &shared.seen)
             }
-            Some(Fault::Unauthorized) => reply_empty(
-                &mut client,
-                401,
-                &[("WWW-Authenticate", "Basic realm=\"strata-test\"".to_string())],
-                seen,
-                &shared.seen,
-            ),
+            Some(Fault::TooManyRequestsUntil { secs }) => {
+                reply_empty(&mut client, 429, &[("Retry-After", http_date_after(*secs))], seen, &shared.seen)
+            }
+            Some(Fault::Unauthorized) => {
+                let challenge = match shared.tokens {
+                    Some(_) => bearer_challenge(shared),
+                    None => "Basic realm=\"strata-test\"".to_string(),
+                };
+                reply_empty(&mut client, 401, &[("WWW-Authenticate", challenge)], seen, &shared.seen)
+            }
             _ => {
                 if let Some(Fault::Delay(d)) = &fault {
                     std::thread::sleep(*d);
                 }
-                match forward(&shared.upstream, &head, &body) {
+                match forward(&shared.upstream, &head, &body, shared.tokens.is_some()) {
                     Some((resp, resp_body)) => {
                         send_response(&mut client, &method, resp, resp_body, fault.as_ref(), seen, &shared.seen)
                     }
@@ -292,6 +392,94 @@ fn serve(client: TcpStream, shared: &Shared) {
             return;
         }
     }
+}
+
+impl TokenFront {
+    /// Whether the request carries a token issued for its repository, with
+    /// push rights if it writes; `/v2/` itself takes any token issued.
+    fn admits(&self, head: &Head, method: &str, path: &str) -> bool {
+        let Some(token) = head.header("authorization").and_then(|v| v.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let path = path.split('?').next().unwrap_or("");
+        let repository = ["/blobs/", "/manifests/", "/tags/"]
+            .iter()
+            .find_map(|sep| path.strip_prefix("/v2/").and_then(|p| p.split_once(sep)).map(|(repo, _)| repo));
+        let writes = !matches!(method, "GET" | "HEAD");
+        self.issued.lock().unwrap().iter().any(|g| {
+            g.token == token.trim()
+                && !g.revoked
+                && match repository {
+                    Some(repo) => g.repository == repo && (g.push || !writes),
+                    None => path == "/v2/",
+                }
+        })
+    }
+}
+
+/// `WWW-Authenticate` for a request without a valid token.
+fn bearer_challenge(shared: &Shared) -> String {
+    format!("Bearer realm=\"http://{}/token\",service=\"faultproxy\"", shared.addr)
+}
+
+/// Answers `GET /token?scope=repository:NAME:ACTIONS&service=…` with a new
+/// token for that scope, as JSON; 401 without the credentials the front wants.
+fn issue_token(
+    client: &mut TcpStream,
+    front: &TokenFront,
+    head: &Head,
+    path: &str,
+    seen: Seen,
+    log: &Mutex<Vec<Seen>>,
+) -> bool {
+    if front.basic.as_deref().is_some_and(|want| head.header("authorization") != Some(want)) {
+        let challenge = [("WWW-Authenticate", "Basic realm=\"faultproxy\"".to_string())];
+        return reply_empty(client, 401, &challenge, seen, log);
+    }
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let scope = query.split('&').find_map(|kv| kv.strip_prefix("scope=")).map(percent_decode).unwrap_or_default();
+    // repository:NAME:ACTIONS, NAME possibly holding no colon but slashes.
+    let mut parts = scope.splitn(2, ':').nth(1).unwrap_or("").rsplitn(2, ':');
+    let actions = parts.next().unwrap_or("");
+    let repository = parts.next().unwrap_or("").to_string();
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let token = format!("fptoken{:x}n{}", nanos, NEXT.fetch_add(1, Ordering::SeqCst));
+    let push = actions.split(',').any(|a| a == "push");
+    front.issued.lock().unwrap().push(Grant { token: token.clone(), repository, push, revoked: false });
+    let body = format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":300}}"#);
+    record(seen, 200, log);
+    let out =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    client.write_all(out.as_bytes()).is_ok()
+}
+
+/// `%XX` escapes and `+` decoded (query values).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%').then(|| s.get(i + 1..i + 3)).flatten();
+        match escaped.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An HTTP-date (IMF-fixdate) at least `secs` from now: the next whole second after now + secs.
+fn http_date_after(secs: u64) -> String {
+    let at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() + secs + 1;
+    chrono::DateTime::from_timestamp(at as i64, 0).expect("a date").format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
 /// Records `seen` with `status` before answering, so a client that has its answer finds its request recorded.
@@ -328,13 +516,17 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-/// Sends the request upstream on a fresh connection and reads the whole response.
-fn forward(upstream: &str, head: &Head, body: &[u8]) -> Option<(Head, Vec<u8>)> {
+/// Sends the request upstream on a fresh connection and reads the whole response;
+/// `strip_auth`: without its `Authorization` header (the token front's own).
+fn forward(upstream: &str, head: &Head, body: &[u8], strip_auth: bool) -> Option<(Head, Vec<u8>)> {
     let mut server = TcpStream::connect(upstream).ok()?;
     let mut out = format!("{}\r\n", head.line);
     for (k, v) in &head.headers {
         // The Host header is kept, so upload `Location`s the registry builds point back at us.
-        if ["connection", "transfer-encoding", "content-length"].contains(&k.to_ascii_lowercase().as_str()) {
+        let k_lower = k.to_ascii_lowercase();
+        if ["connection", "transfer-encoding", "content-length"].contains(&k_lower.as_str())
+            || (strip_auth && k_lower == "authorization")
+        {
             continue;
         }
         out.push_str(&format!("{k}: {v}\r\n"));

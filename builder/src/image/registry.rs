@@ -5,19 +5,27 @@
 //! One `oci_client::Client` is kept per (registry, direction), since plain
 //! HTTP and TLS settings differ between pull and push in kaniko's flags.
 //!
+//! Authentication is `oci-client`'s, which keeps its bearer tokens to itself.
+//! When strata authenticates a session (registry, repository, direction)
+//! itself, at its first 429 or after a 401, it keeps the bearer token it gets
+//! (from a token service, anonymous or with the docker config's credentials)
+//! for the `Retry-After` probe below. Tokens never appear in logs or errors.
+//!
 //! Retries: 5xx, 429 and connection errors are retried `--image-download-retry`
 //! / `--push-retry` times, waiting 0.5s, 1s, 2s … (at most 30s). A 429's
-//! `Retry-After` (in seconds) is honoured, capped at 60s: `oci-client` hides
-//! response headers, so the URL that answered 429 is asked again with a HEAD
-//! request through plain `reqwest` (same TLS settings; basic credentials
-//! when configured) and that answer's `Retry-After` is used; without one, the
-//! exponential wait. A 401 in the middle of a session (an expired token) is
+//! `Retry-After` (delta-seconds or HTTP-date; a past date means now) is
+//! honoured, capped at 60s: `oci-client` hides response headers, so the URL
+//! that answered 429 is asked again with a HEAD request through plain
+//! `reqwest` (same TLS settings; when the URL is the registry's own, the
+//! session's bearer token, got then if none is kept, or basic credentials;
+//! a 401 to it renews the token once) and that answer's `Retry-After` is
+//! used; without one, the exponential wait. A 401 in the middle of a session (an expired token) is
 //! retried once after authenticating again.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
@@ -41,11 +49,16 @@ const UPLOAD_CHUNK: usize = 8 << 20;
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// (registry, repository, push?): the scope a token is granted for.
+type TokenKey = (String, String, bool);
+
 /// A registry session for one build: transports, credentials and progress.
 pub struct Registries {
     opts: RegistryOptions,
     docker_config: DockerConfig,
     clients: Mutex<HashMap<(String, bool), Arc<Client>>>,
+    /// The bearer token of each authenticated session (None: basic or no authentication).
+    tokens: tokio::sync::Mutex<HashMap<TokenKey, Option<String>>>,
     progress: Progress,
 }
 
@@ -57,6 +70,7 @@ impl Registries {
             opts: opts.clone(),
             docker_config: DockerConfig::load()?,
             clients: Mutex::new(HashMap::new()),
+            tokens: Default::default(),
             progress: Progress::new(),
         })
     }
@@ -64,7 +78,13 @@ impl Registries {
     /// As [`Registries::new`] with an explicit docker config and progress sink (tests).
     pub fn with_config(opts: &RegistryOptions, docker_config: DockerConfig, progress: Progress) -> Result<Registries> {
         opts.validate()?;
-        Ok(Registries { opts: opts.clone(), docker_config, clients: Mutex::new(HashMap::new()), progress })
+        Ok(Registries {
+            opts: opts.clone(),
+            docker_config,
+            clients: Mutex::new(HashMap::new()),
+            tokens: Default::default(),
+            progress,
+        })
     }
 
     pub fn options(&self) -> &RegistryOptions {
@@ -107,6 +127,15 @@ impl Registries {
         let cred = self.credential(r)?;
         client.store_auth_if_needed(r.to_oci().resolve_registry(), &cred.to_oci()).await;
         Ok(client)
+    }
+
+    /// Authenticates `r`'s session (again) and keeps the bearer token it gets;
+    /// `oci-client` uses the new token from then on too.
+    async fn renew_token(&self, client: &Client, r: &ImageRef, dir: Direction) -> Result<(), OciDistributionError> {
+        let auth = self.credential(r).map_err(|e| OciDistributionError::GenericError(Some(format!("{e:#}"))))?;
+        let token = client.auth(&r.to_oci(), &auth.to_oci(), operation(dir)).await?;
+        self.tokens.lock().await.insert(token_key(r, dir), token);
+        Ok(())
     }
 
     /// Fetches the manifest (or index) `r` names, trying its mirrors first.
@@ -177,7 +206,7 @@ impl Registries {
                         .context(format!("blob {} of {r}", desc.digest)));
                     }
                     let wait = match e.downcast_ref::<OciDistributionError>() {
-                        Some(oe) => self.retry_wait(oe, r, Direction::Pull, attempt).await,
+                        Some(oe) => self.retry_wait(&client, oe, r, Direction::Pull, attempt).await,
                         None => backoff(attempt),
                     };
                     tracing::warn!(
@@ -234,11 +263,15 @@ impl Registries {
         }
         let client = self.session(dest, Direction::Push).await?;
         let (oci_dest, digest) = (dest.to_oci(), desc.digest.to_string());
-        let exists = self.with_retry(&client, dest, Direction::Push, self.opts.push_retry, || client.blob_exists(&oci_dest, &digest));
+        let exists = self.with_retry(&client, dest, Direction::Push, self.opts.push_retry, || {
+            client.blob_exists(&oci_dest, &digest)
+        });
         if exists.await.unwrap_or(false) {
             return Ok(true);
         }
-        if source.repository() == dest.repository() || client.mount_blob(&oci_dest, &source.to_oci(), &digest).await.is_err() {
+        if source.repository() == dest.repository()
+            || client.mount_blob(&oci_dest, &source.to_oci(), &digest).await.is_err()
+        {
             return Ok(false);
         }
         // Some registries answer a refused mount by starting an upload: check.
@@ -349,13 +382,10 @@ impl Registries {
                 Err(e) if is_unauthorized(&e) && !reauthenticated => {
                     reauthenticated = true;
                     tracing::warn!("{} refused our authorization (expired token?); authenticating again", r.registry());
-                    let op = if dir == Direction::Push { RegistryOperation::Push } else { RegistryOperation::Pull };
-                    let auth =
-                        self.credential(r).map_err(|e| OciDistributionError::GenericError(Some(format!("{e:#}"))))?;
-                    client.auth(&r.to_oci(), &auth.to_oci(), op).await?;
+                    self.renew_token(client, r, dir).await?;
                 }
                 Err(e) if attempt < retries && is_retryable(&e) => {
-                    let wait = self.retry_wait(&e, r, dir, attempt).await;
+                    let wait = self.retry_wait(client, &e, r, dir, attempt).await;
                     tracing::warn!(
                         "registry request failed ({e}); retry {} of {retries} in {:.1}s",
                         attempt + 1,
@@ -370,11 +400,18 @@ impl Registries {
     }
 
     /// How long to wait before retry `attempt`: a 429's `Retry-After`, else the backoff.
-    async fn retry_wait(&self, e: &OciDistributionError, r: &ImageRef, dir: Direction, attempt: u32) -> Duration {
+    async fn retry_wait(
+        &self,
+        client: &Client,
+        e: &OciDistributionError,
+        r: &ImageRef,
+        dir: Direction,
+        attempt: u32,
+    ) -> Duration {
         if is_too_many_requests(e)
             && let Some(url) = error_url(e)
         {
-            match self.probe_retry_after(&url, r, dir).await {
+            match self.probe_retry_after(client, &url, r, dir).await {
                 Some(wait) => {
                     tracing::info!("{} asks to wait {}s (Retry-After)", r.registry(), wait.as_secs());
                     return wait;
@@ -385,8 +422,9 @@ impl Registries {
         backoff(attempt)
     }
 
-    /// Asks `url` again with a HEAD request and reads its `Retry-After` (seconds), capped.
-    async fn probe_retry_after(&self, url: &str, r: &ImageRef, dir: Direction) -> Option<Duration> {
+    /// Asks `url` again with a HEAD request, authorized as the session is, and
+    /// reads its `Retry-After`, capped.
+    async fn probe_retry_after(&self, client: &Client, url: &str, r: &ImageRef, dir: Direction) -> Option<Duration> {
         let t = self.opts.transport(r.registry(), dir);
         let mut builder = reqwest::Client::builder()
             .danger_accept_invalid_certs(t.skip_tls_verify)
@@ -397,14 +435,96 @@ impl Registries {
             let pem = std::fs::read(path).ok()?;
             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).ok()?);
         }
-        let mut request = builder.build().ok()?.head(url);
-        if let Ok(Credential::Basic { username, password }) = self.credential(r) {
-            request = request.basic_auth(username, Some(password));
+        let http = builder.build().ok()?;
+        // Credentials go to the registry only, never to a host it redirected to (a CDN).
+        let ours = reqwest::Url::parse(url).is_ok_and(|u| targets_registry(&u, r, t.plain_http));
+        let key = token_key(r, dir);
+        let mut renewed = false;
+        loop {
+            let mut request = http.head(url);
+            if ours {
+                if !self.tokens.lock().await.contains_key(&key) {
+                    // The session's first 429: get a token of our own, as oci-client did.
+                    renewed = true;
+                    if let Err(e) = self.renew_token(client, r, dir).await {
+                        tracing::debug!("authenticating to {}: {}", r.registry(), one_line(&e));
+                    }
+                }
+                let token = self.tokens.lock().await.get(&key).cloned().flatten();
+                request = match (token, self.credential(r)) {
+                    (Some(token), _) => request.bearer_auth(token),
+                    (None, Ok(Credential::Basic { username, password })) => {
+                        request.basic_auth(username, Some(password))
+                    }
+                    _ => request,
+                };
+            }
+            let response = request.send().await.ok()?;
+            if ours && !renewed && response.status() == reqwest::StatusCode::UNAUTHORIZED && wants_bearer(&response) {
+                // The kept token expired: renew it, as the retry would.
+                renewed = true;
+                self.renew_token(client, r, dir).await.ok()?;
+                continue;
+            }
+            let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+            return parse_retry_after(value, SystemTime::now()).map(|d| d.min(MAX_RETRY_AFTER));
         }
-        let response = request.send().await.ok()?;
-        let secs: u64 = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-        Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
     }
+}
+
+fn operation(dir: Direction) -> RegistryOperation {
+    match dir {
+        Direction::Pull => RegistryOperation::Pull,
+        Direction::Push => RegistryOperation::Push,
+    }
+}
+
+fn token_key(r: &ImageRef, dir: Direction) -> TokenKey {
+    let oci = r.to_oci();
+    (oci.resolve_registry().to_string(), oci.repository().to_string(), dir == Direction::Push)
+}
+
+/// Whether `url` is on `r`'s registry (same host and port, and not plain HTTP
+/// for a registry spoken to over TLS), as `oci-client` checks before authorizing.
+fn targets_registry(url: &reqwest::Url, r: &ImageRef, plain_http: bool) -> bool {
+    let scheme = if plain_http { "http" } else { "https" };
+    let Ok(registry) = reqwest::Url::parse(&format!("{scheme}://{}", r.to_oci().resolve_registry())) else {
+        return false;
+    };
+    url.host_str() == registry.host_str()
+        && url.port_or_known_default() == registry.port_or_known_default()
+        && (scheme == "http" || url.scheme() == "https")
+}
+
+/// A 401 whose challenge is for a bearer token.
+fn wants_bearer(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer")))
+}
+
+/// A `Retry-After` value (RFC 9110 §10.2.3): delta-seconds, or an HTTP-date
+/// (IMF-fixdate, or the obsolete RFC 850 and asctime forms) whose distance
+/// from `now` is rounded up to whole seconds; a date in the past means now.
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value)
+        .map(|d| d.to_utc())
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%A, %d-%b-%y %H:%M:%S GMT").map(|d| d.and_utc()))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%a %b %e %H:%M:%S %Y").map(|d| d.and_utc()))
+        .ok()?;
+    let ahead = SystemTime::from(date).duration_since(now).unwrap_or_default();
+    Some(Duration::from_secs(ahead.as_secs() + u64::from(ahead.subsec_nanos() > 0)))
+}
+
+/// An error's message on one line, for the debug log.
+fn one_line(e: &OciDistributionError) -> String {
+    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A 401, however `oci-client` reports it.
@@ -557,4 +677,25 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_both_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_792_567_678); // Wed, 21 Oct 2026 07:27:58 GMT
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("Wednesday, 21-Oct-26 07:28:00 GMT", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("Wed Oct 21 07:28:00 2026", now), Some(Duration::from_secs(2)));
+        // Part of a second ahead is rounded up; a date in the past means now.
+        let later = now + Duration::from_millis(500);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT", later), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2026 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
 }
