@@ -1,5 +1,6 @@
-//! An authorization that expires in the middle of a push (the registry
-//! answers 401 to a request that carried it): strata authenticates again and
+//! An authorization that expires in the middle of a push or of a layer
+//! download (the registry answers 401 to a request that carried it): strata
+//! authenticates again and
 //! goes on, without counting it as a retry; a second 401 in a row fails with
 //! one clear line. One test per file: it sets DOCKER_CONFIG for the process.
 
@@ -68,4 +69,15 @@ fn authorization_expiring_mid_push_is_renewed() {
     assert_eq!(msg.lines().count(), 1, "{msg}");
     assert!(msg.contains("authentication failed") && !msg.contains("s3cret-pw"), "{msg}");
     assert_eq!(proxy.seen_matching("PUT", "/manifests/").len(), 2);
+
+    // Expiring during a pull, on a layer download, with no retries allowed: renewed too.
+    proxy.reset();
+    proxy.add(Rule::new("GET", r"/v2/base/busybox/blobs/", Fault::Unauthorized).first(1));
+    let fresh = BlobStore::new(s.join("fresh-store")).unwrap();
+    let no_retries = RegistryOptions { image_download_retry: 0, ..RegistryOptions::default() };
+    let pulled = resolve_base(&format!("{}/base/busybox:1", proxy.addr), &[], &no_retries, &fresh, &amd64()).unwrap();
+    assert_eq!(pulled.layers.len(), base.layers.len());
+    let gets = proxy.seen_matching("GET", "/blobs/");
+    assert_eq!(gets.first().map(|s| s.status), Some(401), "{:#?}", proxy.seen());
+    assert!(gets.iter().skip(1).all(|s| s.status == 200), "{:#?}", proxy.seen());
 }

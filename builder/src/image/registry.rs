@@ -187,12 +187,20 @@ impl Registries {
         let short = short_digest(&desc.digest);
         let attempts = self.opts.image_download_retry;
         let mut attempt = 0;
+        let mut reauthenticated = false;
         loop {
             let transfer = self.progress.start("pulling", short.clone(), desc.size);
             match self.download_once(&client, r, desc, store, &transfer).await {
                 Ok(()) => {
                     transfer.finish(None);
                     return Ok(());
+                }
+                Err(e) if !reauthenticated && e.downcast_ref::<OciDistributionError>().is_some_and(is_unauthorized) => {
+                    // A token that expired during a long pull: as `with_retry` does.
+                    transfer.finish(Some("failed"));
+                    reauthenticated = true;
+                    tracing::warn!("{} refused our authorization (expired token?); authenticating again", r.registry());
+                    self.renew_token(&client, r, Direction::Pull).await?;
                 }
                 Err(e) => {
                     transfer.finish(Some("failed"));
