@@ -48,9 +48,9 @@ pub fn changeset(root: BorrowedFd<'_>, journal: Journal, excluded: &[PathBuf]) -
     let mut found: HashMap<Key, (usize, u64)> = HashMap::new();
     for c in cands.values() {
         if let Some(now) = &c.now
-            && inodes.contains_key(&now.key)
+            && inodes.contains_key(&now.key())
         {
-            let e = found.entry(now.key).or_insert((0, now.nlink));
+            let e = found.entry(now.key()).or_insert((0, now.stat.nlink));
             e.0 += 1;
         }
     }
@@ -61,8 +61,8 @@ pub fn changeset(root: BorrowedFd<'_>, journal: Journal, excluded: &[PathBuf]) -
             continue;
         }
         let now = Snap::beneath(root, path).map_err(|e| annotate(e, path))?;
-        if let Some(now) = now.filter(|n| n.key == *key) {
-            let e = found.entry(*key).or_insert((0, now.nlink));
+        if let Some(now) = now.filter(|n| n.key() == *key) {
+            let e = found.entry(*key).or_insert((0, now.stat.nlink));
             e.0 += 1;
             cands.insert(path.clone(), Candidate { orig: Some(rec.orig.clone()), now: Some(now) });
         }
@@ -74,7 +74,7 @@ pub fn changeset(root: BorrowedFd<'_>, journal: Journal, excluded: &[PathBuf]) -
         .filter(|(_, rec)| rec.orig.kind() != libc::S_IFDIR)
         .filter(|(key, rec)| match found.get(key) {
             Some((names, nlink)) => (*names as u64) < *nlink,
-            None => rec.orig.nlink > 1,
+            None => rec.orig.stat.nlink > 1,
         })
         .map(|(key, _)| *key)
         .collect();
@@ -84,7 +84,7 @@ pub fn changeset(root: BorrowedFd<'_>, journal: Journal, excluded: &[PathBuf]) -
                 continue;
             }
             if let Some(now) = Snap::beneath(root, &path).map_err(|e| annotate(e, &path))?
-                && let Some(rec) = inodes.get(&now.key)
+                && let Some(rec) = inodes.get(&now.key())
             {
                 cands.insert(path, Candidate { orig: Some(rec.orig.clone()), now: Some(now) });
             }
@@ -95,11 +95,11 @@ pub fn changeset(root: BorrowedFd<'_>, journal: Journal, excluded: &[PathBuf]) -
         if now.kind() != libc::S_IFREG {
             return false;
         }
-        if orig.key != now.key {
+        if orig.key() != now.key() {
             // Another inode now: its bytes cannot be compared with ones that are gone.
-            return now.size > 0;
+            return now.stat.size > 0;
         }
-        inodes.get(&now.key).is_some_and(|rec| rec.written || (rec.maybe_written && rec.orig.ctime != now.ctime))
+        inodes.get(&now.key()).is_some_and(|rec| rec.written || (rec.maybe_written && rec.orig.stat.ctime != now.stat.ctime))
     };
 
     let mut set = ChangeSet::default();

@@ -21,21 +21,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::node::{Key, key_of};
+use super::node::Key;
+use crate::walk::Stat;
 use super::sys;
 
 /// What a scan would see at one path: the fields the canonical ChangeSet compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snap {
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub mtime: (i64, i64),
-    pub ctime: (i64, i64),
-    pub rdev: u64,
-    pub nlink: u64,
-    pub key: Key,
+    pub stat: Stat,
     pub target: Option<OsString>,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -47,15 +40,7 @@ impl Snap {
         let kind = st.st_mode & libc::S_IFMT;
         let target = if kind == libc::S_IFLNK { Some(sys::readlink_fd(fd)?) } else { None };
         Ok(Snap {
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            size: st.st_size as u64,
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
-            rdev: st.st_rdev,
-            nlink: st.st_nlink,
-            key: key_of(&st),
+            stat: Stat::from_libc(&st),
             target,
             xattrs: sys::xattrs(fd)?,
         })
@@ -97,37 +82,34 @@ impl Snap {
             Err(e) => return Err(e),
         };
         Ok(Some(Snap {
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            size: st.st_size as u64,
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
-            rdev: st.st_rdev,
-            nlink: st.st_nlink,
-            key: key_of(&st),
+            stat: Stat::from_libc(&st),
             target: None,
             xattrs: Vec::new(),
         }))
     }
 
+    pub fn key(&self) -> Key {
+        (self.stat.dev, self.stat.ino)
+    }
+
     pub fn kind(&self) -> u32 {
-        self.mode & libc::S_IFMT
+        self.stat.mode & libc::S_IFMT
     }
 
     pub fn is_dir(&self) -> bool {
-        self.kind() == libc::S_IFDIR
+        self.stat.is_dir()
     }
 
     /// Differs from `self` in what the canonical ChangeSet compares, content aside.
     pub fn differs(&self, now: &Snap) -> bool {
+        let (was, is) = (&self.stat, &now.stat);
         self.kind() != now.kind()
-            || self.mode & 0o7777 != now.mode & 0o7777
-            || self.uid != now.uid
-            || self.gid != now.gid
-            || self.mtime != now.mtime
-            || self.rdev != now.rdev
-            || (!now.is_dir() && self.size != now.size)
+            || was.mode & 0o7777 != is.mode & 0o7777
+            || was.uid != is.uid
+            || was.gid != is.gid
+            || was.mtime != is.mtime
+            || was.rdev != is.rdev
+            || (!now.is_dir() && was.size != is.size)
             || self.target != now.target
             || self.xattrs != now.xattrs
     }
@@ -169,7 +151,7 @@ impl Journal {
         if self.paths.contains_key(&path) {
             return;
         }
-        let orig = live.map(|snap| match self.inodes.get(&snap.key) {
+        let orig = live.map(|snap| match self.inodes.get(&snap.key()) {
             Some(rec) => rec.orig.clone(),
             None => Arc::new(snap),
         });
@@ -179,7 +161,7 @@ impl Journal {
     /// Records the pre-step state of an inode about to change.
     pub fn record_inode(&mut self, live: Snap, path: Option<PathBuf>) {
         self.inodes
-            .entry(live.key)
+            .entry(live.key())
             .or_insert_with(|| InodeRecord { orig: Arc::new(live), path, written: false, maybe_written: false });
     }
 
