@@ -30,13 +30,8 @@ fn pull_extract_and_deliver_everywhere() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
-    let reg = Registry::start();
-    let base_ref = fixtures::push_busybox(&reg.addr, "base/busybox", "1", s);
+    let PulledBase { reg, base_ref, store, opts, base } = pulled_base(s);
     let base_digest = tools::skopeo_inspect(&format!("docker://{base_ref}"), TLS_OFF)["Digest"].as_str().unwrap().to_string();
-    let store = BlobStore::new(s.join("store")).unwrap();
-    let opts = RegistryOptions::default();
-
-    let base = resolve_base(&base_ref, &[], &opts, &store, &amd64()).unwrap();
     assert_eq!(base.manifest_digest.as_ref().map(Digest::to_string), Some(base_digest));
     assert_eq!(base.config.config.cmd.as_deref(), Some(&["sh".to_string()][..]));
     assert_eq!(base.layers.len(), 1);
@@ -114,11 +109,7 @@ fn oci_format_output_unpacks_with_umoci() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
-    let reg = Registry::start();
-    let base_ref = fixtures::push_busybox(&reg.addr, "base/busybox", "1", s);
-    let store = BlobStore::new(s.join("store")).unwrap();
-    let opts = RegistryOptions::default();
-    let base = resolve_base(&base_ref, &[], &opts, &store, &amd64()).unwrap();
+    let PulledBase { reg, store, opts, base, .. } = pulled_base(s);
     let image = built_on(&base, &store);
     let dest = format!("{}/app/oci:v2", reg.addr);
     let mut out = outputs(&[dest.clone()]);
@@ -190,11 +181,7 @@ fn failed_push_leaves_no_tag_and_no_outputs() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
-    let reg = Registry::start();
-    let base_ref = fixtures::push_busybox(&reg.addr, "base/busybox", "1", s);
-    let store = BlobStore::new(s.join("store")).unwrap();
-    let opts = RegistryOptions::default();
-    let base = resolve_base(&base_ref, &[], &opts, &store, &amd64()).unwrap();
+    let PulledBase { reg, store, opts, base, .. } = pulled_base(s);
     let image = built_on(&base, &store);
     let good = format!("{}/app/half:1", reg.addr);
     let down = format!("127.0.0.1:{}/app/x:1", free_port());
@@ -253,11 +240,7 @@ fn large_layers_upload_in_chunks_and_pull_back() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
-    let reg = Registry::start();
-    let base_ref = fixtures::push_busybox(&reg.addr, "base/busybox", "1", s);
-    let store = BlobStore::new(s.join("store")).unwrap();
-    let opts = RegistryOptions::default();
-    let base = resolve_base(&base_ref, &[], &opts, &store, &amd64()).unwrap();
+    let PulledBase { reg, store, opts, base, .. } = pulled_base(s);
     let mut image = built_on(&base, &store);
     // ~20 MiB that gzip cannot shrink: several upload chunks.
     let mut x: u64 = 0x9e3779b97f4a7c15;

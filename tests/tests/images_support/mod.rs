@@ -8,12 +8,33 @@ use std::path::Path;
 use serde_json::json;
 use strata_builder::image::config::{Platform, media};
 use strata_builder::image::digest::Digest;
-use strata_builder::image::options::{OutputOptions, PlatformSpec};
+use strata_builder::image::options::{OutputOptions, PlatformSpec, RegistryOptions};
 use strata_builder::image::store::BlobStore;
-use strata_builder::image::{BaseImage, BuiltImage, LayerDescriptor};
+use strata_builder::image::{BaseImage, BuiltImage, LayerDescriptor, resolve_base};
+use strata_tests::fixtures;
+use strata_tests::registry::Registry;
 
 pub fn amd64() -> Platform {
     "linux/amd64".parse::<PlatformSpec>().unwrap().0
+}
+
+/// A fresh registry holding busybox as `base/busybox:1`, and that base
+/// pulled (default options) into a blob store under `dir`.
+pub struct PulledBase {
+    pub reg: Registry,
+    pub base_ref: String,
+    pub store: BlobStore,
+    pub opts: RegistryOptions,
+    pub base: BaseImage,
+}
+
+pub fn pulled_base(dir: &Path) -> PulledBase {
+    let reg = Registry::start();
+    let base_ref = fixtures::push_busybox(&reg.addr, "base/busybox", "1", dir);
+    let store = BlobStore::new(dir.join("store")).unwrap();
+    let opts = RegistryOptions::default();
+    let base = resolve_base(&base_ref, &[], &opts, &store, &amd64()).unwrap();
+    PulledBase { reg, base_ref, store, opts, base }
 }
 
 /// A gzip layer holding `files` (name, content), stored in `store`.
