@@ -416,13 +416,14 @@ impl Report {
         if !self.snapshots.is_empty() {
             let _ = writeln!(
                 s,
-                "\n### One-file snapshot cost: fuse, redo and full side by side\n\n\
+                "{}### One-file snapshot cost: fuse, redo and full side by side\n\n\
                  One RUN step that rewrites one file, driven through the snapshotter API as the builder \
                  does it: `begin_step` (for fuse, the FUSE mount), the change (through the mount for fuse), \
                  `finish_step` (the ChangeSet, checked against the file rewritten). Each mode has its own \
                  snapshotter over the same root (baselines taken once, as at the start of a build); the \
                  modes take turns in rotating order over the rounds, with the page cache warm. Median \
-                 (min–max); the ratios are of medians.\n"
+                 (min–max); the ratios are of medians.\n",
+                if self.steps.is_empty() { "" } else { "\n" }
             );
             s.push_str(&crate::fusesnap::markdown(&self.snapshots));
         }

@@ -166,15 +166,15 @@ pub fn markdown(rows: &[Row]) -> String {
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.0}× | {:.0}× | {} / {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
             r.root,
             r.entries,
             r.step[0].summary(),
             r.finish[0].summary(),
             r.step[1].summary(),
             r.step[2].summary(),
-            r.ratio(1),
-            r.ratio(2),
+            times(r.ratio(1)),
+            times(r.ratio(2)),
             secs(r.baseline_full),
             secs(r.baseline_redo),
         ));
@@ -186,7 +186,8 @@ pub fn markdown(rows: &[Row]) -> String {
             let verdict = if ratio >= TARGET { "met" } else { "not met" };
             s.push_str(&format!(
                 "Target (a fuse snapshot of a small change at least {TARGET:.0}× cheaper than `full` on the \
-                 1M-file root): **{verdict}** ({ratio:.0}×: fuse {} against full {}, medians).\n",
+                 1M-file root): **{verdict}** ({}: fuse {} against full {}, medians).\n",
+                times(ratio),
                 secs(r.step[0].median()),
                 secs(r.step[2].median()),
             ));
@@ -196,11 +197,23 @@ pub fn markdown(rows: &[Row]) -> String {
     s
 }
 
+/// A ratio of medians: one decimal below 10.
+fn times(ratio: f64) -> String {
+    if ratio < 10.0 {
+        format!("{ratio:.1}×")
+    } else {
+        format!("{ratio:.0}×")
+    }
+}
+
 /// Plot data: one group per root, one series per mode (median step time).
 pub fn plot_series(rows: &[Row]) -> (Vec<String>, Vec<(String, Vec<f64>)>) {
     let groups = rows
         .iter()
-        .map(|r| format!("{} ({} entries)", r.root, r.entries))
+        .map(|r| match r.files {
+            Some(files) => format!("{files} files"),
+            None => format!("{}, {} entries", r.root, r.entries),
+        })
         .collect();
     let series = MODES
         .iter()
