@@ -247,7 +247,7 @@ fn debian_root(base: &Path, root: &Path) -> Result<()> {
     let json = |path: &Path| -> Result<serde_json::Value> {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     };
     let index = json(&layout.join("index.json"))?;
     let manifest = index["manifests"][0]["digest"]
