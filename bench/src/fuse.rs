@@ -5,8 +5,9 @@
 //!   run in a plain directory, under kernel overlayfs, and through the FUSE
 //!   journal with and without kernel passthrough. The FUSE rows also give
 //!   the journal's `finish` (ChangeSet) time.
-//! - Snapshot cost of a one-file change under `fuse` on roots of several
-//!   sizes: mount, change, finish.
+//! - Snapshot cost of a one-file change in `fuse`, `redo` and `full` modes
+//!   side by side, on a Debian minbase root and on synthetic roots
+//!   (`crate::fusesnap`).
 //!
 //! Everything runs on a fresh journaled ext4 loop file system made here and
 //! removed afterwards. Contenders alternate within each round (rotating
@@ -32,9 +33,15 @@ pub struct Options {
     /// MiB written then read by the data-heavy step.
     #[arg(long, default_value_t = 1024)]
     pub fuse_data_mib: u64,
-    /// Root sizes (files) for the one-file snapshot cost, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    /// Synthetic root sizes (files) for the one-file snapshot cost, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
     pub fuse_root_sizes: Vec<usize>,
+    /// Leave out the Debian minbase root of the one-file snapshot cost.
+    #[arg(long)]
+    pub fuse_skip_debian: bool,
+    /// Leave out the RUN overhead measurements (to save time while developing).
+    #[arg(long)]
+    pub fuse_skip_run_overhead: bool,
 }
 
 /// The `fuse` subcommand: runs the benchmarks and rewrites their section.
@@ -45,22 +52,35 @@ pub fn run_cli(common: &crate::Common, opts: &Options) -> Result<()> {
         small_files: opts.fuse_small_files,
         data_mib: opts.fuse_data_mib,
         root_sizes: opts.fuse_root_sizes.clone(),
+        debian: !opts.fuse_skip_debian,
+        run_overhead: !opts.fuse_skip_run_overhead,
     };
     let report = run(&cfg)?;
     let plot_dir = common.docs.join("bench");
     std::fs::create_dir_all(&plot_dir)?;
-    let (groups, series) = report.ratios();
-    crate::plot::grouped_bars(
-        &plot_dir.join("fuse-run-overhead.svg"),
-        "RUN step time / plain directory",
-        "× plain",
-        &groups,
-        &series,
-    )?;
-    let body = format!(
-        "## FUSE journal\n\n{}\n![RUN overhead under the FUSE journal](bench/fuse-run-overhead.svg)\n",
-        report.markdown()
-    );
+    let mut body = format!("## FUSE journal\n\n{}", report.markdown());
+    if !report.steps.is_empty() {
+        let (groups, series) = report.ratios();
+        crate::plot::grouped_bars(
+            &plot_dir.join("fuse-run-overhead.svg"),
+            "RUN step time / plain directory",
+            "× plain",
+            &groups,
+            &series,
+        )?;
+        body.push_str("\n![RUN overhead under the FUSE journal](bench/fuse-run-overhead.svg)\n");
+    }
+    if !report.snapshots.is_empty() {
+        let (groups, series) = crate::fusesnap::plot_series(&report.snapshots);
+        crate::plot::grouped_bars_log(
+            &plot_dir.join("fuse-snapshot.svg"),
+            "One RUN step changing one file: begin_step + change + finish_step",
+            "seconds (median, log scale)",
+            &groups,
+            &series,
+        )?;
+        body.push_str("\n![One-file step by snapshot mode and root](bench/fuse-snapshot.svg)\n");
+    }
     println!("{body}");
     crate::report::write_section(&common.docs, "fuse", &body)
 }
@@ -74,8 +94,12 @@ pub struct Config {
     pub small_files: usize,
     /// Size of the data-heavy step's file.
     pub data_mib: u64,
-    /// Root sizes (files) for the snapshot-cost measurement.
+    /// Synthetic root sizes (files) for the snapshot-cost measurement.
     pub root_sizes: Vec<usize>,
+    /// Also measure the snapshot cost on a Debian minbase root.
+    pub debian: bool,
+    /// Measure the RUN overhead.
+    pub run_overhead: bool,
 }
 
 impl Default for Config {
@@ -85,7 +109,9 @@ impl Default for Config {
             rounds: 3,
             small_files: 20_000,
             data_mib: 1024,
-            root_sizes: vec![10_000, 100_000],
+            root_sizes: vec![100_000, 1_000_000],
+            debian: true,
+            run_overhead: true,
         }
     }
 }
@@ -106,11 +132,10 @@ impl Measurement {
     }
 }
 
-#[derive(Debug, Clone)]
 pub struct Report {
     pub machine: String,
     pub steps: Vec<Measurement>,
-    pub snapshots: Vec<Measurement>,
+    pub snapshots: Vec<crate::fusesnap::Row>,
     pub notes: Vec<String>,
 }
 
@@ -147,13 +172,42 @@ pub fn run(cfg: &Config) -> Result<Report> {
     if let Err(e) = fuse::probe() {
         bail!("FUSE is not usable here: {e}");
     }
-    let size_gib = (cfg.data_mib * 2).div_ceil(1024) + 2;
-    let inodes =
-        (cfg.root_sizes.iter().copied().max().unwrap_or(0) + cfg.small_files * 2 + 10_000) as u64;
+    let machine = machine();
+    // The roots stay until the end: 4 KiB per synthetic file (no inline
+    // data here, as on most hosts) and the Debian root's 0.5 GiB.
+    let root_files: usize = cfg.root_sizes.iter().sum();
+    let size_gib =
+        (cfg.data_mib * 2).div_ceil(1024) + 3 + (root_files as u64 * 4096).div_ceil(1 << 30);
+    let inodes = (root_files + root_files / 50 + cfg.small_files * 2 + 50_000) as u64;
     let fs = LoopFs::create(&cfg.scratch, size_gib, inodes)?;
     let base = fs.path().to_path_buf();
     let mut notes = Vec::new();
+    let steps = if cfg.run_overhead {
+        run_overhead(cfg, &base, &mut notes)?
+    } else {
+        Vec::new()
+    };
+    let snapshots = crate::fusesnap::run_all(&base, cfg.debian, &cfg.root_sizes, cfg.rounds)?;
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    notes.push(format!(
+        "load average {} at the end",
+        load_after
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    drop(fs);
+    Ok(Report {
+        machine,
+        steps,
+        snapshots,
+        notes,
+    })
+}
 
+/// The RUN overhead rows: each workload under each contender.
+fn run_overhead(cfg: &Config, base: &Path, notes: &mut Vec<String>) -> Result<Vec<Measurement>> {
     let mut contenders = vec![
         Contender::Plain,
         Contender::Overlay,
@@ -165,6 +219,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
         notes.push("FUSE passthrough not allowed here (needs CAP_SYS_ADMIN in the initial user namespace): not measured".into());
     }
 
+    let base = base.to_path_buf();
     let tarball = base.join("small.tar");
     make_tarball(&base.join("tarball-src"), &tarball, cfg.small_files)?;
     let workloads = [
@@ -209,43 +264,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
         steps.extend(rows);
     }
 
-    let mut snapshots = Vec::new();
-    for &files in &cfg.root_sizes {
-        let root = base.join(format!("root-{files}"));
-        make_tree(&root, files)?;
-        let mut m = Measurement {
-            workload: format!("one-file change, root of {files} files"),
-            contender: "fuse: mount + change + finish".into(),
-            samples: vec![],
-            finish: vec![],
-        };
-        for round in 0..cfg.rounds {
-            let mnt = base.join("mnt");
-            std::fs::create_dir_all(&mnt)?;
-            let start = Instant::now();
-            let step = fuse::mount_step(&root, &mnt, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
-            std::fs::write(mnt.join(format!("d0/changed-{round}")), b"one change")?;
-            let t = Instant::now();
-            let set = step.finish()?;
-            m.finish.push(t.elapsed().as_secs_f64());
-            m.samples.push(start.elapsed().as_secs_f64());
-            if set.changed.len() != 2 {
-                bail!(
-                    "a one-file change gave {} changed paths: {set:?}",
-                    set.changed.len()
-                );
-            }
-        }
-        snapshots.push(m);
-        std::fs::remove_dir_all(&root)?;
-    }
-
-    Ok(Report {
-        machine: machine(),
-        steps,
-        snapshots,
-        notes,
-    })
+    Ok(steps)
 }
 
 /// Runs `script` (with `$T` the step's directory) under `contender`.
@@ -364,48 +383,49 @@ impl Report {
         if !self.notes.is_empty() {
             s.push('\n');
         }
-        let _ = writeln!(s, "### RUN overhead\n");
-        let _ = writeln!(
-            s,
-            "| step | contender | median s (min–max) | × plain | journal finish s |"
-        );
-        let _ = writeln!(s, "|---|---|---|---|---|");
-        for m in &self.steps {
-            let plain = self
-                .steps
-                .iter()
-                .find(|p| p.workload == m.workload && p.contender == Contender::Plain.name())
-                .map(Measurement::median)
-                .unwrap_or(f64::NAN);
-            let finish = if m.finish.is_empty() {
-                "–".to_string()
-            } else {
-                format!("{:.3}", median(&m.finish))
-            };
+        if !self.steps.is_empty() {
+            let _ = writeln!(s, "### RUN overhead\n");
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.2} | {} |",
-                m.workload,
-                m.contender,
-                summary(&m.samples),
-                m.median() / plain,
-                finish
+                "| step | contender | median s (min–max) | × plain | journal finish s |"
             );
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            for m in &self.steps {
+                let plain = self
+                    .steps
+                    .iter()
+                    .find(|p| p.workload == m.workload && p.contender == Contender::Plain.name())
+                    .map(Measurement::median)
+                    .unwrap_or(f64::NAN);
+                let finish = if m.finish.is_empty() {
+                    "–".to_string()
+                } else {
+                    format!("{:.3}", median(&m.finish))
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.2} | {} |",
+                    m.workload,
+                    m.contender,
+                    summary(&m.samples),
+                    m.median() / plain,
+                    finish
+                );
+            }
         }
-        let _ = writeln!(s, "\n### Snapshot of a one-file change under `fuse`\n");
-        let _ = writeln!(
-            s,
-            "| root | mount + change + finish, median s (min–max) | finish only, median s |"
-        );
-        let _ = writeln!(s, "|---|---|---|");
-        for m in &self.snapshots {
+        if !self.snapshots.is_empty() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.4} |",
-                m.workload,
-                summary(&m.samples),
-                median(&m.finish)
+                "{}### One-file snapshot cost: fuse, redo and full side by side\n\n\
+                 One RUN step that rewrites one file, driven through the snapshotter API as the builder \
+                 does it: `begin_step` (for fuse, the FUSE mount), the change (through the mount for fuse), \
+                 `finish_step` (the ChangeSet, checked against the file rewritten). Each mode has its own \
+                 snapshotter over the same root (baselines taken once, as at the start of a build); the \
+                 modes take turns in rotating order over the rounds, with the page cache warm. Median \
+                 (min–max); the ratios are of medians.\n",
+                if self.steps.is_empty() { "" } else { "\n" }
             );
+            s.push_str(&crate::fusesnap::markdown(&self.snapshots));
         }
         s
     }

@@ -10,6 +10,7 @@ mod builders;
 mod builds;
 mod cache;
 mod fuse;
+mod fusesnap;
 mod layer;
 mod load;
 mod loopfs;
@@ -59,7 +60,7 @@ enum Command {
     /// Layer writing throughput against tar | pigz and tar | zstd pipelines.
     Layer(layer::Options),
     /// RUN overhead of the FUSE journal (plain dir, overlayfs, passthrough or
-    /// not) and its one-file snapshot cost.
+    /// not) and the one-file snapshot cost in fuse, redo and full modes.
     Fuse(fuse::Options),
     /// Whole builds of fixtures/bench/ by strata (fuse, full, redo) and buildah.
     Builds(builds::Options),
