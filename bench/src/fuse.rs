@@ -24,6 +24,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use strata_snapshotter::fuse;
 
+use crate::loopfs::{self, LoopFs, run as run_cmd};
+
 /// Command-line options of the `fuse` subcommand.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Options {
@@ -179,7 +181,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
     let size_gib =
         (cfg.data_mib * 2).div_ceil(1024) + 3 + (root_files as u64 * 4096).div_ceil(1 << 30);
     let inodes = (root_files + root_files / 50 + cfg.small_files * 2 + 50_000) as u64;
-    let fs = LoopFs::create(&cfg.scratch, size_gib, inodes)?;
+    let fs = LoopFs::create(&cfg.scratch, size_gib, inodes, loopfs::EAGER_INIT)?;
     let base = fs.path().to_path_buf();
     let mut notes = Vec::new();
     let steps = if cfg.run_overhead {
@@ -301,13 +303,13 @@ fn run_step(base: &Path, contender: Contender, script: &str) -> Result<(f64, Opt
                 upper.display(),
                 work.display()
             );
-            command(
+            run_cmd(
                 Command::new("mount")
                     .args(["-t", "overlay", "overlay", "-o", &opts])
                     .arg(&mnt),
             )?;
             let took = shell(&mnt);
-            command(Command::new("umount").arg(&mnt))?;
+            run_cmd(Command::new("umount").arg(&mnt))?;
             (took?, None)
         }
         Contender::Fuse { passthrough } => {
@@ -454,7 +456,7 @@ fn summary(v: &[f64]) -> String {
 /// `files` small files in directories of 100, tarred up with the system tar.
 fn make_tarball(src: &Path, tarball: &Path, files: usize) -> Result<()> {
     make_tree(src, files)?;
-    command(
+    run_cmd(
         Command::new("tar")
             .arg("cf")
             .arg(tarball)
@@ -492,77 +494,4 @@ fn machine() -> String {
         kernel.trim(),
         load.join(" ")
     )
-}
-
-fn command(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// A fresh journaled ext4 file system on a sparse loop file, removed on drop.
-struct LoopFs {
-    image: PathBuf,
-    mountpoint: PathBuf,
-    mounted: bool,
-}
-
-impl LoopFs {
-    fn create(scratch: &Path, size_gib: u64, inodes: u64) -> Result<LoopFs> {
-        let id = std::process::id();
-        let image = scratch.join(format!("strata-bench-fuse-{id}.ext4"));
-        let mountpoint = scratch.join(format!("strata-bench-fuse-{id}.mnt"));
-        let file = std::fs::File::create(&image)
-            .with_context(|| format!("creating {}", image.display()))?;
-        file.set_len(size_gib << 30)?;
-        drop(file);
-        let mut fs = LoopFs {
-            image,
-            mountpoint,
-            mounted: false,
-        };
-        std::fs::create_dir_all(&fs.mountpoint)?;
-        command(
-            Command::new("mkfs.ext4")
-                .args([
-                    "-q",
-                    "-F",
-                    "-E",
-                    "lazy_itable_init=0,lazy_journal_init=0",
-                    "-N",
-                ])
-                .arg(inodes.max(65536).to_string())
-                .arg(&fs.image),
-        )?;
-        command(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&fs.image)
-                .arg(&fs.mountpoint),
-        )?;
-        fs.mounted = true;
-        Ok(fs)
-    }
-
-    fn path(&self) -> &Path {
-        &self.mountpoint
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = fuse::cleanup_stale(&self.mountpoint);
-            if let Err(e) = command(Command::new("umount").arg(&self.mountpoint)) {
-                eprintln!("warning: {e:#}");
-            }
-        }
-        let _ = std::fs::remove_dir(&self.mountpoint);
-        let _ = std::fs::remove_file(&self.image);
-    }
 }

@@ -16,7 +16,7 @@ use strata_snapshotter::ChangeSet;
 use strata_snapshotter::layer::{Compression, LayerOptions, write_layer};
 
 use crate::Common;
-use crate::loopfs::{LoopFs, run as run_cmd};
+use crate::loopfs::{self, LoopFs, run as run_cmd};
 use crate::report;
 use crate::stats::{Samples, rotation, time};
 
@@ -59,7 +59,7 @@ pub fn run(common: &Common, o: &Options) -> Result<()> {
         }
     }
     let gib = (o.layer_mib * 2 * 3 / 1024).max(2) + 2;
-    let fs = LoopFs::create(&common.scratch, gib, 65536)?;
+    let fs = LoopFs::create(&common.scratch, gib, 65536, loopfs::INLINE_DATA)?;
     let bytes = o.layer_mib << 20;
     let load_before = report::load();
     let mut rows = Vec::new();

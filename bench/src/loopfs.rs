@@ -33,6 +33,12 @@ pub fn clean_up_on_signals() -> Result<()> {
     Ok(())
 }
 
+/// Small files in their inodes: trees of a million files fit in less space.
+pub const INLINE_DATA: &[&str] = &["-O", "inline_data"];
+/// Inode tables and journal written at mkfs time, so that no background
+/// initialisation competes with what is measured; no inline data, as on most hosts.
+pub const EAGER_INIT: &[&str] = &["-E", "lazy_itable_init=0,lazy_journal_init=0"];
+
 pub struct LoopFs {
     image: PathBuf,
     mountpoint: tempfile::TempDir,
@@ -40,8 +46,9 @@ pub struct LoopFs {
 }
 
 impl LoopFs {
-    /// Creates a `size_gib` sparse image in `scratch` with at least `inodes` inodes.
-    pub fn create(scratch: &Path, size_gib: u64, inodes: u64) -> Result<LoopFs> {
+    /// Creates a `size_gib` sparse image in `scratch` with at least `inodes`
+    /// inodes; `mkfs_options` go to mkfs.ext4 (see [`INLINE_DATA`], [`EAGER_INIT`]).
+    pub fn create(scratch: &Path, size_gib: u64, inodes: u64, mkfs_options: &[&str]) -> Result<LoopFs> {
         let image = scratch.join(format!("strata-bench-{}.ext4", std::process::id()));
         let file = std::fs::File::create(&image)
             .with_context(|| format!("creating {}", image.display()))?;
@@ -56,7 +63,9 @@ impl LoopFs {
             mounted: false,
         };
         run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-O", "inline_data", "-N"])
+            .args(["-q", "-F"])
+            .args(mkfs_options)
+            .arg("-N")
             .arg(inodes.max(65536).to_string())
             .arg(&fs.image))?;
         let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,10 +89,12 @@ impl Drop for LoopFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(m, _)| m != self.mountpoint.path());
-        if self.mounted
-            && let Err(e) = run(Command::new("umount").arg(self.mountpoint.path()))
-        {
-            eprintln!("warning: {e:#}");
+        if self.mounted {
+            // FUSE journals a failed benchmark left mounted inside.
+            let _ = strata_snapshotter::fuse::cleanup_stale(self.mountpoint.path());
+            if let Err(e) = run(Command::new("umount").arg(self.mountpoint.path())) {
+                eprintln!("warning: {e:#}");
+            }
         }
         let _ = std::fs::remove_file(&self.image);
     }

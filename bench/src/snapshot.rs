@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use strata_snapshotter::{SnapshotMode, Snapshotter, StepKind};
 
 use crate::Common;
-use crate::loopfs::LoopFs;
+use crate::loopfs::{self, LoopFs};
 use crate::report;
 use crate::stats::{Samples, rotation, time};
 
@@ -51,6 +51,7 @@ pub fn run(common: &Common, o: &Options) -> Result<()> {
         &common.scratch,
         16,
         (total as u64) * 11 / 10 + total as u64 / 50 + 10_000,
+        loopfs::INLINE_DATA,
     )?;
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let load_before = report::load();

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::loopfs::{LoopFs, output, run};
+use crate::loopfs::{self, LoopFs, output, run};
 use crate::proc::remove_tree;
 
 /// Which base image a fixture builds on.
@@ -33,7 +33,7 @@ impl Workbench {
         }
         let strata = strata_binary()?;
         Ok(Workbench {
-            fs: LoopFs::create(scratch, size_gib, inodes)?,
+            fs: LoopFs::create(scratch, size_gib, inodes, loopfs::INLINE_DATA)?,
             strata,
             busybox: None,
             debian: None,
