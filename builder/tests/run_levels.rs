@@ -235,6 +235,12 @@ fn chroot_level_in_a_plain_pod() {
     run::execute(&req).unwrap();
     assert_eq!(lines(&out), ["1000", "1000 50"]);
 
+    // No PID namespace here: what the step left running in its process group
+    // is gone when the step returns.
+    let (req, _) = request(&t, "sleep 301 & echo started", level);
+    run::execute(&req).unwrap();
+    assert_eq!(processes("sleep 301"), 0, "the background sleep ended with the step");
+
     let (mut req, _) = request(&t, "true", level);
     req.mounts = vec!["type=cache,target=/c".into()];
     let err = format!("{:#}", run::execute(&req).unwrap_err());

@@ -126,11 +126,22 @@ impl ChildGuard {
     }
 
     /// Without a PID namespace, whatever the command left behind in its
-    /// process group is ended with the step, as `docker build` does.
+    /// process group is ended with the step, as `docker build` does. SIGKILL
+    /// takes effect when each process next runs, which on a busy machine can
+    /// be a while: wait (up to 2 s) until the group is gone, so that the step
+    /// really ends with its processes.
     fn kill_group(&self) {
-        if self.group {
-            // SAFETY: signalling the process group we created.
-            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        if !self.group {
+            return;
+        }
+        // SAFETY: signalling the process group we created.
+        if unsafe { libc::kill(-self.pid, libc::SIGKILL) } != 0 {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        // SAFETY: signal 0 only asks whether the group still has members.
+        while unsafe { libc::kill(-self.pid, 0) } == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 
