@@ -279,3 +279,54 @@ fn cached_layers_are_fetched_only_when_needed() {
     assert_eq!(outcomes(&clean), vec!["miss"; 5], "{clean}");
     assert_eq!(digest, clean_digest, "the rewound build gives the image a clean build gives");
 }
+
+/// Unpacks the `--oci-layout-path` output `layout` and checks it holds the
+/// base and every step's files (`other.txt` as given).
+fn assert_complete(layout: &Path, bundle: &Path, other: &str) {
+    let rootfs = unpack(layout, "latest", bundle);
+    assert!(rootfs.join("bin/busybox").is_file(), "the base's files are in the image");
+    assert_eq!(fs::read_to_string(rootfs.join("one")).unwrap(), "one\n");
+    assert_eq!(fs::read_to_string(rootfs.join("version")).unwrap(), "v1\n");
+    assert_eq!(fs::read_to_string(rootfs.join("four")).unwrap(), "four\n");
+    assert_eq!(fs::read_to_string(rootfs.join("other.txt")).unwrap(), other);
+}
+
+#[test]
+fn fully_cached_rebuild_does_not_extract_the_base() {
+    if !requirements("fully_cached_rebuild_does_not_extract_the_base") {
+        return;
+    }
+    let p = Project::new();
+    let cache = format!("oci:{}", p.scratch.path().join("oci-cache").display());
+    let (cold, cold_digest) = p.build("cold", &["--cache-repo", &cache]);
+    assert_eq!(outcomes(&cold), vec!["miss"; 5], "{cold}");
+    assert!(cold.contains("Extracted "), "{cold}");
+
+    // Every step hits: the base is never extracted, yet the image is the same
+    // and the local outputs hold all of it.
+    let warm_layout = p.scratch.path().join("warm-layout");
+    let (warm, warm_digest) = p.build("warm", &["--cache-repo", &cache, "--oci-layout-path", warm_layout.to_str().unwrap()]);
+    assert_eq!(outcomes(&warm), vec!["hit"; 5], "{warm}");
+    assert!(warm.contains("not extracted: no step of stage 0 needed the root"), "{warm}");
+    assert!(!warm.contains("Extracted "), "{warm}");
+    assert_eq!(warm_digest, cold_digest, "a fully cached rebuild gives the same image");
+    assert_complete(&warm_layout, &p.scratch.path().join("warm-bundle"), "other\n");
+    let archive = |name: &str| format!("docker-archive:{}", p.scratch.path().join(format!("{name}.tar")).display());
+    let warm_tar = strata_tests::tools::skopeo_inspect(&archive("warm"), &[]);
+    let cold_tar = strata_tests::tools::skopeo_inspect(&archive("cold"), &[]);
+    assert_eq!(warm_tar["Layers"], cold_tar["Layers"], "the --tar-path archive holds every layer");
+
+    // The last step misses: the base is extracted, then the deferred hits
+    // applied, and the step runs on the whole root.
+    fs::write(p.ctx.join("other.txt"), "other 2\n").unwrap();
+    let miss_layout = p.scratch.path().join("miss-layout");
+    let (log, digest) = p.build("miss", &["--cache-repo", &cache, "--oci-layout-path", miss_layout.to_str().unwrap()]);
+    assert_eq!(outcomes(&log), ["hit", "hit", "hit", "hit", "miss"], "{log}");
+    assert!(log.contains("Extracted "), "{log}");
+    assert!(!log.contains("not extracted"), "{log}");
+    assert_complete(&miss_layout, &p.scratch.path().join("miss-bundle"), "other 2\n");
+    let fresh = format!("oci:{}", p.scratch.path().join("fresh").display());
+    let (clean, clean_digest) = p.build("clean", &["--cache-repo", &fresh]);
+    assert_eq!(outcomes(&clean), vec!["miss"; 5], "{clean}");
+    assert_eq!(digest, clean_digest, "the partly cached build gives the image a cold build gives");
+}

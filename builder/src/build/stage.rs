@@ -1,9 +1,10 @@
 //! One stage: its base extracted into a fresh root, the base image's ONBUILD
 //! triggers, then each instruction in turn; a layer for every step that
 //! changed the root (or one for the whole stage with `--single-snapshot`),
-//! and the config and history as Docker records them.
+//! and the config and history as Docker records them. In the target stage a
+//! base image is extracted only when a step first works on the root.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -42,7 +43,12 @@ pub fn build_stage(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
 
 fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
     let staged = build.work.build_dir().join(format!("stage-{}", st.index));
-    let mut image = prepare_root(build, st, &staged)?;
+    // Only the target stage's root is used by no other stage: there a hit's
+    // layer need not be applied until a later step runs on the root, nor the
+    // base extracted. (In the container's own root, kaniko's way, the root is
+    // left holding the image.)
+    let defer_hits = st.index == build.plan.target && build.host_root.is_none();
+    let (mut image, unextracted) = prepare_root(build, st, &staged, defer_hits)?;
     build.check_cancelled()?;
     let root = match &build.host_root {
         Some(host) => host.enter(&staged)?,
@@ -69,7 +75,10 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
         Some(host) => (host.snapshot_mode(), host.excluded()),
         None => (build.settings.snapshot_mode, build.settings.excluded.clone()),
     };
-    let mut snap = Snapshotter::new(&root, mode, excluded).with_context(|| format!("snapshotting {}", root.display()))?;
+    let mut state = RootState { root: root.clone(), mode, excluded, base: unextracted, snap: None };
+    if state.base.is_none() {
+        state.snapshotter(build)?;
+    }
     let total = instructions.len();
     let mut pending = ChangeSet::default();
     let prefix = match &st.name {
@@ -77,10 +86,6 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
         None => st.index.to_string(),
     };
     let planned = cache_plan(build, st, &image, &vars, &instructions);
-    // Only the target stage's root is used by no other stage: there a hit's
-    // layer need not be applied until a later step runs on the root. (In the
-    // container's own root, kaniko's way, the root is left holding the image.)
-    let defer_hits = st.index == build.plan.target && build.host_root.is_none();
     let mut deferred = DeferredHits::default();
     // Steps whose deferred hit proved unusable: they run, uncached.
     let mut uncached = std::collections::HashSet::new();
@@ -104,7 +109,7 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
                 Some(hit.descriptor())
             } else {
                 match build.cache.fetch(&hit, &build.store) {
-                    Ok(()) => Some(apply_hit(build, &mut snap, &root, &step.name, &hit)?),
+                    Ok(()) => Some(apply_hit(build, state.snapshotter(build)?, &root, &step.name, &hit)?),
                     Err(e) => {
                         tracing::warn!("cache: {}: the cached layer is unusable, running the step: {e:#}", step.name);
                         None
@@ -128,7 +133,7 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
             let mut apply = |snap: &mut Snapshotter, hit: &crate::cache::Hit, name: &str| {
                 apply_hit(build, snap, &root, name, hit).map(|_| ())
             };
-            if let Some(rewind) = deferred.apply_all(&mut apply, &mut snap, &mut image, &mut vars) {
+            if let Some(rewind) = deferred.apply_all(&mut apply, state.snapshotter(build)?, &mut image, &mut vars) {
                 uncached.insert(rewind.step);
                 n = rewind.step;
                 continue;
@@ -137,20 +142,20 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
         let (changes, created_by) = match &expanded {
             Instruction::From(_) => bail!("{}:{}: FROM inside a stage", src.file.display(), src.start_line),
             Instruction::Run(run) => {
-                let changes = steps::run(build, &mut snap, &image.config, &vars, run, &label).map_err(at)?;
+                let changes = steps::run(build, state.snapshotter(build)?, &image.config, &vars, run, &label).map_err(at)?;
                 (changes, run_history(&image.config, &vars, &run.command))
             }
             Instruction::Copy(copy) => {
-                let changes = steps::copy(build, &mut snap, &root, &image.config, copy).map_err(at)?;
+                let changes = steps::copy(build, state.snapshotter(build)?, &root, &image.config, copy).map_err(at)?;
                 (changes, format!("{} # buildkit", src.original))
             }
             Instruction::Add(add) => {
-                let changes = steps::add(build, &mut snap, &root, &image.config, add).map_err(at)?;
+                let changes = steps::add(build, state.snapshotter(build)?, &root, &image.config, add).map_err(at)?;
                 (changes, format!("{} # buildkit", src.original))
             }
             Instruction::Workdir(_) => {
                 metadata::apply(&mut image.config, &mut vars, &expanded).map_err(at)?;
-                let changes = steps::workdir(&mut snap, &root, &image.config).map_err(at)?;
+                let changes = steps::workdir(state.snapshotter(build)?, &root, &image.config).map_err(at)?;
                 (changes, src.original.clone())
             }
             other => {
@@ -166,7 +171,7 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
                 pending.merge(cs);
                 history.empty_layer = true;
             }
-            StepChanges::Changed(cs, took) => match write_layer(build, &root, &cs, &label, snap.mode(), took)? {
+            StepChanges::Changed(cs, took) => match write_layer(build, &root, &cs, &label, state.snapshotter(build)?.mode(), took)? {
                 Some(layer) => {
                     if let Some(step) = &planned[n]
                         && let Err(e) = build.cache.store(&step.name, &step.inputs, &layer, &build.store)
@@ -184,7 +189,8 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
     }
     if build.settings.single_snapshot && !pending.is_empty() {
         let label = format!("[{prefix}] single snapshot");
-        if let Some(layer) = write_layer(build, &root, &pending, &label, snap.mode(), Duration::ZERO)? {
+        let mode = state.snapshotter(build)?.mode();
+        if let Some(layer) = write_layer(build, &root, &pending, &label, mode, Duration::ZERO)? {
             image.layers.push(layer);
             match image.config.history.last_mut() {
                 Some(h) if h.empty_layer && total > 0 => h.empty_layer = false,
@@ -195,6 +201,9 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
                 }),
             }
         }
+    }
+    if let Some(base) = &state.base {
+        tracing::info!("Base image {} not extracted: no step of {} needed the root", base.reference, stage_title(st));
     }
     let root = match &build.host_root {
         Some(host) => host.leave(build, st, &staged)?,
@@ -259,8 +268,40 @@ fn needs_root(instr: &Instruction) -> bool {
     matches!(instr, Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_))
 }
 
-/// Extracts (or copies) the stage's base into `root`; returns the base image.
-fn prepare_root(build: &Build, st: &plan::Stage, root: &Path) -> Result<BuiltImage> {
+/// The stage root's snapshotter, created once the root holds the base: at
+/// once, or (a base image in the target stage) when a step first needs the root.
+struct RootState {
+    root: PathBuf,
+    mode: strata_snapshotter::SnapshotMode,
+    excluded: Vec<PathBuf>,
+    /// The base image not yet extracted into the root.
+    base: Option<crate::image::resolve::BaseImage>,
+    snap: Option<Snapshotter>,
+}
+
+impl RootState {
+    /// The snapshotter, the base extracted first if it was not yet.
+    fn snapshotter(&mut self, build: &Build) -> Result<&mut Snapshotter> {
+        if let Some(base) = self.base.take() {
+            extract_base(build, &base, &self.root)?;
+        }
+        let snap = match self.snap.take() {
+            Some(snap) => snap,
+            None => Snapshotter::new(&self.root, self.mode, self.excluded.clone())
+                .with_context(|| format!("snapshotting {}", self.root.display()))?,
+        };
+        Ok(self.snap.insert(snap))
+    }
+}
+
+/// Extracts (or copies) the stage's base into `root`; returns the base image,
+/// and with `lazy` a base image left to extract (`root` is then empty).
+fn prepare_root(
+    build: &Build,
+    st: &plan::Stage,
+    root: &Path,
+    lazy: bool,
+) -> Result<(BuiltImage, Option<crate::image::resolve::BaseImage>)> {
     let platform = match &st.platform {
         Some(p) => p.parse::<PlatformSpec>().map_err(|e| anyhow!("FROM --platform: {e}"))?.0,
         None => build.args.registry.platform(),
@@ -269,23 +310,34 @@ fn prepare_root(build: &Build, st: &plan::Stage, root: &Path) -> Result<BuiltIma
         Base::Stage(parent) => {
             let parent = build.wait_for_stage(*parent)?;
             super::tree::copy_tree(&parent.root, root)?;
-            Ok(parent.image.clone())
+            Ok((parent.image.clone(), None))
         }
         Base::Scratch => {
             std::fs::create_dir_all(root)?;
             let base = crate::image::resolve::BaseImage::scratch(&platform);
-            Ok(BuiltImage { config: base.config, layers: Vec::new(), mount_sources: Vec::new() })
+            Ok((BuiltImage { config: base.config, layers: Vec::new(), mount_sources: Vec::new() }, None))
         }
         Base::Image(name) => {
-            let t = Instant::now();
             tracing::info!("Retrieving image {name}");
             let base = base_image(build, name, &platform)?;
-            crate::image::extract::extract_image(&base, &build.store, root, build.args.registry.image_fs_extract_retry)?;
-            let digest = base.manifest_digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
-            tracing::info!("Extracted {} {digest} ({} layers) in {:.2}s", base.reference, base.layers.len(), t.elapsed().as_secs_f64());
-            BuiltImage::from_base(&base)
+            let image = BuiltImage::from_base(&base)?;
+            if lazy {
+                std::fs::create_dir_all(root)?;
+                return Ok((image, Some(base)));
+            }
+            extract_base(build, &base, root)?;
+            Ok((image, None))
         }
     }
+}
+
+/// Extracts the base image's layers into `root`.
+fn extract_base(build: &Build, base: &crate::image::resolve::BaseImage, root: &Path) -> Result<()> {
+    let t = Instant::now();
+    crate::image::extract::extract_image(base, &build.store, root, build.args.registry.image_fs_extract_retry)?;
+    let digest = base.manifest_digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
+    tracing::info!("Extracted {} {digest} ({} layers) in {:.2}s", base.reference, base.layers.len(), t.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// The base image `name`: from `--cache-dir` when `strata warm` or an
