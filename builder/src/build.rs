@@ -16,6 +16,7 @@
 //! at the container root level, `/` is left holding the target stage's files
 //! (emptied with `--cleanup`), as kaniko leaves it.
 
+mod base;
 mod deferred;
 mod hostroot;
 mod settings;
@@ -49,6 +50,9 @@ pub struct StageOutput {
     /// Cache hits in `image.layers` whose blobs were never fetched (see
     /// [`deferred`]): fetched or mounted only as the outputs need.
     pub lazy_hits: Vec<crate::cache::Hit>,
+    /// The target stage's registry base image, when its layers were never
+    /// downloaded (no step needed them); delivery provides them.
+    pub lazy_base: Option<crate::image::resolve::UnfetchedBase>,
 }
 
 /// What every stage thread shares.
@@ -196,6 +200,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let mut image = target.image.clone();
     stage::finalize_config(&build, &mut image)?;
     build.cache.provide_for_delivery(&target.lazy_hits, &build.args.output, &build.store)?;
+    if let Some(base) = &target.lazy_base {
+        crate::cache::provide_base_for_delivery(base, &build.args.output, &build.args.registry, &build.store)?;
+    }
     let delivered = crate::image::deliver(&image, &build.args.output, &build.args.registry, &build.store)?;
     let failed_pushes = build.cache.finish();
     if failed_pushes > 0 {

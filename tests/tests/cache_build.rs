@@ -330,3 +330,80 @@ fn fully_cached_rebuild_does_not_extract_the_base() {
     assert_eq!(outcomes(&clean), vec!["miss"; 5], "{clean}");
     assert_eq!(digest, clean_digest, "the partly cached build gives the image a cold build gives");
 }
+
+#[test]
+fn fully_cached_rebuild_does_not_download_the_base() {
+    let test = "fully_cached_rebuild_does_not_download_the_base";
+    if !requirements(test) || !strata_tests::require::tool(test, "docker-registry") {
+        return;
+    }
+    let registry = Registry::start();
+    let p = Project::new();
+    strata_tests::fixtures::push_busybox(&registry.addr, "lib/busybox", "1", p.scratch.path());
+    let proxy = strata_tests::faultproxy::FaultProxy::start(&registry.addr);
+    fs::write(p.ctx.join("Dockerfile"), DOCKERFILE.replace("FROM base", &format!("FROM {}/lib/busybox:1", proxy.addr))).unwrap();
+    let manifest = strata_tests::tools::skopeo_inspect(&format!("docker://{}/lib/busybox:1", registry.addr), &["--tls-verify=false", "--raw"]);
+    let base_layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let base_downloads = || proxy.seen_matching("GET", &format!("/blobs/{base_layer}$")).len();
+    let repo = format!("{}/app/cache", proxy.addr);
+    let build = |name: &str, extra: &[&str]| {
+        let digest_file = p.scratch.path().join(format!("{name}.digest"));
+        let mut a = args(&[
+            "build",
+            "--context", p.ctx.to_str().unwrap(),
+            "--insecure-registry", &proxy.addr,
+            "--digest-file", digest_file.to_str().unwrap(),
+            "--reproducible", "--log-format", "text",
+            "--cache=true", "--cache-copy-layers=true", "--cache-repo", &repo,
+        ]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let log = strata_ok(&a, p.scratch.path(), &[]);
+        (log, fs::read_to_string(&digest_file).unwrap().trim().to_string())
+    };
+
+    let cold_dest = format!("{}/app/image:cold", proxy.addr);
+    let (cold, cold_digest) = build("cold", &["--destination", &cold_dest]);
+    assert_eq!(outcomes(&cold), vec!["miss"; 5], "{cold}");
+    assert_eq!(base_downloads(), 1, "{cold}");
+
+    // Pushed to the base's registry: the base layer is mounted, never downloaded.
+    proxy.reset();
+    let dest = format!("{}/app/image:warm", proxy.addr);
+    let (warm, warm_digest) = build("warm", &["--destination", &dest]);
+    assert_eq!(outcomes(&warm), vec!["hit"; 5], "{warm}");
+    assert!(warm.contains("layer(s) not downloaded)"), "{warm}");
+    assert!(warm.contains("layer(s) mounted into the destination(s)"), "{warm}");
+    assert_eq!(base_downloads(), 0, "the base layer was downloaded:\n{warm}");
+    assert_eq!(warm_digest, cold_digest, "a fully cached rebuild gives the same image");
+    let pulled = p.scratch.path().join("pulled");
+    strata_tests::tools::skopeo_copy(&format!("docker://{}/app/image:warm", registry.addr), &format!("oci:{}:latest", pulled.display()), &["--src-tls-verify=false"]);
+    assert_complete(&pulled, &p.scratch.path().join("pulled-bundle"), "other\n");
+
+    // No output: nothing to download.
+    proxy.reset();
+    let (log, _) = build("none", &["--no-push"]);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+    assert_eq!(base_downloads(), 0, "the base layer was downloaded:\n{log}");
+
+    // A local output needs the bytes: the base layer is downloaded for it.
+    proxy.reset();
+    let layout = p.scratch.path().join("layout");
+    let tar = p.scratch.path().join("image.tar");
+    let (log, digest) = build("local", &["--no-push", "--oci-layout-path", layout.to_str().unwrap(), "--tar-path", tar.to_str().unwrap()]);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+    assert_eq!(base_downloads(), 1, "{log}");
+    assert_eq!(digest, cold_digest);
+    assert_complete(&layout, &p.scratch.path().join("local-bundle"), "other\n");
+    let archive = strata_tests::tools::skopeo_inspect(&format!("docker-archive:{}", tar.display()), &[]);
+    assert_eq!(archive["Layers"].as_array().map(|l| l.len()), Some(6), "{archive}");
+
+    // One step misses: the base is downloaded and extracted, the image as a cold build's.
+    proxy.reset();
+    fs::write(p.ctx.join("other.txt"), "other 2\n").unwrap();
+    let miss_layout = p.scratch.path().join("miss-layout");
+    let (log, _) = build("miss", &["--no-push", "--oci-layout-path", miss_layout.to_str().unwrap()]);
+    assert_eq!(outcomes(&log), ["hit", "hit", "hit", "hit", "miss"], "{log}");
+    assert!(log.contains("Extracted "), "{log}");
+    assert_eq!(base_downloads(), 1, "{log}");
+    assert_complete(&miss_layout, &p.scratch.path().join("miss-bundle"), "other 2\n");
+}

@@ -4,12 +4,13 @@
 //! and the config and history as Docker records them. In the target stage a
 //! base image is extracted only when a step first works on the root.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use strata_snapshotter::{ChangeSet, Snapshotter};
 
+use super::base::{RootState, Unextracted};
 use super::deferred::DeferredHits;
 use super::{Build, StageOutput, steps};
 use crate::dockerfile::{Command, Instruction};
@@ -202,9 +203,23 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
             }
         }
     }
-    if let Some(base) = &state.base {
-        tracing::info!("Base image {} not extracted: no step of {} needed the root", base.reference, stage_title(st));
-    }
+    let lazy_base = match state.base.take() {
+        Some(Unextracted::Fetched(base)) => {
+            tracing::info!("Base image {} not extracted: no step of {} needed the root", base.reference, stage_title(st));
+            None
+        }
+        Some(Unextracted::Unfetched(base)) => {
+            let image = &base.image;
+            tracing::info!(
+                "Base image {} not extracted: no step of {} needed the root (its {} layer(s) not downloaded)",
+                image.reference,
+                stage_title(st),
+                image.layers.len()
+            );
+            Some(base)
+        }
+        None => None,
+    };
     let root = match &build.host_root {
         Some(host) => host.leave(build, st, &staged)?,
         None => root,
@@ -213,7 +228,7 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
     if !lazy_hits.is_empty() {
         tracing::info!("cache: {} cached layer(s) of {} not downloaded: no later step needed them", lazy_hits.len(), stage_title(st));
     }
-    Ok(StageOutput { root, image, lazy_hits })
+    Ok(StageOutput { root, image, lazy_hits, lazy_base })
 }
 
 /// The cache keys of the stage's steps (None for steps not cached), computed
@@ -268,40 +283,9 @@ fn needs_root(instr: &Instruction) -> bool {
     matches!(instr, Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_))
 }
 
-/// The stage root's snapshotter, created once the root holds the base: at
-/// once, or (a base image in the target stage) when a step first needs the root.
-struct RootState {
-    root: PathBuf,
-    mode: strata_snapshotter::SnapshotMode,
-    excluded: Vec<PathBuf>,
-    /// The base image not yet extracted into the root.
-    base: Option<crate::image::resolve::BaseImage>,
-    snap: Option<Snapshotter>,
-}
-
-impl RootState {
-    /// The snapshotter, the base extracted first if it was not yet.
-    fn snapshotter(&mut self, build: &Build) -> Result<&mut Snapshotter> {
-        if let Some(base) = self.base.take() {
-            extract_base(build, &base, &self.root)?;
-        }
-        let snap = match self.snap.take() {
-            Some(snap) => snap,
-            None => Snapshotter::new(&self.root, self.mode, self.excluded.clone())
-                .with_context(|| format!("snapshotting {}", self.root.display()))?,
-        };
-        Ok(self.snap.insert(snap))
-    }
-}
-
 /// Extracts (or copies) the stage's base into `root`; returns the base image,
 /// and with `lazy` a base image left to extract (`root` is then empty).
-fn prepare_root(
-    build: &Build,
-    st: &plan::Stage,
-    root: &Path,
-    lazy: bool,
-) -> Result<(BuiltImage, Option<crate::image::resolve::BaseImage>)> {
+fn prepare_root(build: &Build, st: &plan::Stage, root: &Path, lazy: bool) -> Result<(BuiltImage, Option<Unextracted>)> {
     let platform = match &st.platform {
         Some(p) => p.parse::<PlatformSpec>().map_err(|e| anyhow!("FROM --platform: {e}"))?.0,
         None => build.args.registry.platform(),
@@ -319,43 +303,16 @@ fn prepare_root(
         }
         Base::Image(name) => {
             tracing::info!("Retrieving image {name}");
-            let base = base_image(build, name, &platform)?;
-            let image = BuiltImage::from_base(&base)?;
+            let base = super::base::base_image(build, name, &platform, lazy)?;
+            let image = BuiltImage::from_base(base.image())?;
             if lazy {
                 std::fs::create_dir_all(root)?;
                 return Ok((image, Some(base)));
             }
-            extract_base(build, &base, root)?;
+            base.extract(build, root)?;
             Ok((image, None))
         }
     }
-}
-
-/// Extracts the base image's layers into `root`.
-fn extract_base(build: &Build, base: &crate::image::resolve::BaseImage, root: &Path) -> Result<()> {
-    let t = Instant::now();
-    crate::image::extract::extract_image(base, &build.store, root, build.args.registry.image_fs_extract_retry)?;
-    let digest = base.manifest_digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
-    tracing::info!("Extracted {} {digest} ({} layers) in {:.2}s", base.reference, base.layers.len(), t.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// The base image `name`: from `--cache-dir` when `strata warm` or an
-/// earlier build put it there (and it is fresh), else resolved and fetched,
-/// then kept in `--cache-dir`. Build-context names never use the cache.
-fn base_image(build: &Build, name: &str, platform: &Platform) -> Result<crate::image::resolve::BaseImage> {
-    let is_context = build.args.input.build_contexts.iter().any(|c| c.name == name);
-    let reference = if is_context { None } else { crate::image::reference::ImageRef::parse(name).ok() };
-    if let Some(r) = &reference
-        && let Some(base) = build.cache.base_image(r, &build.store)
-    {
-        return Ok(base);
-    }
-    let base = crate::image::resolve_base(name, &build.args.input.build_contexts, &build.args.registry, &build.store, platform)?;
-    if let Some(r) = &reference {
-        build.cache.store_base_image(r, &base, &build.store);
-    }
-    Ok(base)
 }
 
 /// The config a stage starts from: platform fields set, BuildKit's default PATH.

@@ -1,7 +1,8 @@
 //! Resolving a `FROM` name to a base image whose blobs are in the store:
 //! a `--build-context NAME=oci-layout://…` or `NAME=docker-image://…`, or a
 //! registry reference. Indexes and manifest lists are narrowed to the build
-//! platform; layers are fetched in parallel and every digest is verified.
+//! platform; layers are fetched in parallel (or later: [`pull_config`]) and
+//! every digest is verified.
 
 use std::path::Path;
 
@@ -53,6 +54,15 @@ impl BaseImage {
     }
 }
 
+/// A registry base image resolved without its layers: its manifest and config
+/// are in the store; [`fetch_layers`] downloads the layers when they are needed.
+#[derive(Debug, Clone)]
+pub struct UnfetchedBase {
+    pub image: BaseImage,
+    /// The repository (the image's own or a mirror) that served the manifest.
+    pub source: ImageRef,
+}
+
 /// Resolves `name` (a `FROM` argument after ARG expansion) for `platform`.
 ///
 /// Runs its own tokio runtime; do not call it from inside an async context.
@@ -95,6 +105,18 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime for registry traffic")
 }
 
+/// As [`pull`], but only the manifest and config are downloaded.
+pub fn pull_config(r: &ImageRef, reg: &RegistryOptions, store: &BlobStore, platform: &Platform) -> Result<UnfetchedBase> {
+    let registries = Registries::new(reg)?;
+    runtime()?.block_on(pull_config_async(&registries, r, store, platform))
+}
+
+/// Downloads the layers of `base` into `store`.
+pub fn fetch_layers(base: &UnfetchedBase, reg: &RegistryOptions, store: &BlobStore) -> Result<()> {
+    let registries = Registries::new(reg)?;
+    runtime()?.block_on(fetch_layers_async(&registries, base, store))
+}
+
 /// The async body of [`pull`], for callers that already have a [`Registries`].
 pub async fn pull_async(
     registries: &Registries,
@@ -102,6 +124,26 @@ pub async fn pull_async(
     store: &BlobStore,
     platform: &Platform,
 ) -> Result<BaseImage> {
+    let base = pull_config_async(registries, r, store, platform).await?;
+    fetch_layers_async(registries, &base, store).await?;
+    Ok(base.image)
+}
+
+pub(crate) async fn fetch_layers_async(registries: &Registries, base: &UnfetchedBase, store: &BlobStore) -> Result<()> {
+    futures_util::stream::iter(base.image.layers.iter().map(Ok::<_, anyhow::Error>))
+        .map_ok(|l| registries.fetch_blob(&base.source, l, store))
+        .try_buffer_unordered(PARALLEL_DOWNLOADS)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn pull_config_async(
+    registries: &Registries,
+    r: &ImageRef,
+    store: &BlobStore,
+    platform: &Platform,
+) -> Result<UnfetchedBase> {
     let (bytes, digest, source) = registries.fetch_manifest(r).await?;
     let (manifest, digest, source) = match ManifestDoc::parse(&bytes, None).with_context(|| format!("manifest of {r}"))? {
         ManifestDoc::Image(m) => {
@@ -122,12 +164,8 @@ pub async fn pull_async(
     check_layers(&manifest).with_context(|| format!("image {r}"))?;
     registries.fetch_blob(&source, &manifest.config, store).await?;
     let config = read_config(store, &manifest.config.digest).with_context(|| format!("image {r}"))?;
-    futures_util::stream::iter(manifest.layers.iter().map(Ok::<_, anyhow::Error>))
-        .map_ok(|l| registries.fetch_blob(&source, l, store))
-        .try_buffer_unordered(PARALLEL_DOWNLOADS)
-        .try_collect::<Vec<()>>()
-        .await?;
-    finish(r.to_string(), Some(r.clone()), digest, manifest, config, platform)
+    let image = finish(r.to_string(), Some(r.clone()), digest, manifest, config, platform)?;
+    Ok(UnfetchedBase { image, source })
 }
 
 /// Parses a stored config blob.

@@ -1,0 +1,111 @@
+//! The base image of a stage, and the snapshotter of its root. In the target
+//! stage a base image is extracted only when a step first works on the root,
+//! and a registry base's layers are downloaded only then (or at delivery, if
+//! an output needs them).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use strata_snapshotter::Snapshotter;
+
+use super::Build;
+use crate::image::config::Platform;
+use crate::image::resolve::{BaseImage, UnfetchedBase};
+
+/// The stage root's snapshotter, created once the root holds the base: at
+/// once, or (a base image in the target stage) when a step first needs the root.
+pub struct RootState {
+    pub root: PathBuf,
+    pub mode: strata_snapshotter::SnapshotMode,
+    pub excluded: Vec<PathBuf>,
+    /// The base image not yet extracted into the root.
+    pub base: Option<Unextracted>,
+    pub snap: Option<Snapshotter>,
+}
+
+impl RootState {
+    /// The snapshotter, the base extracted first if it was not yet.
+    pub fn snapshotter(&mut self, build: &Build) -> Result<&mut Snapshotter> {
+        if let Some(base) = self.base.take() {
+            base.extract(build, &self.root)?;
+        }
+        let snap = match self.snap.take() {
+            Some(snap) => snap,
+            None => Snapshotter::new(&self.root, self.mode, self.excluded.clone())
+                .with_context(|| format!("snapshotting {}", self.root.display()))?,
+        };
+        Ok(self.snap.insert(snap))
+    }
+}
+
+/// A base image not extracted yet, its layers downloaded or not.
+pub enum Unextracted {
+    Fetched(BaseImage),
+    Unfetched(UnfetchedBase),
+}
+
+impl Unextracted {
+    pub fn image(&self) -> &BaseImage {
+        match self {
+            Unextracted::Fetched(base) => base,
+            Unextracted::Unfetched(base) => &base.image,
+        }
+    }
+
+    /// Extracts the base into `root`, its layers downloaded first if need be.
+    pub fn extract(self, build: &Build, root: &Path) -> Result<()> {
+        if let Unextracted::Unfetched(base) = &self {
+            fetch_base_layers(build, base)?;
+        }
+        extract_base(build, self.image(), root)
+    }
+}
+
+/// Extracts the base image's layers into `root`.
+fn extract_base(build: &Build, base: &BaseImage, root: &Path) -> Result<()> {
+    let t = Instant::now();
+    crate::image::extract::extract_image(base, &build.store, root, build.args.registry.image_fs_extract_retry)?;
+    let digest = base.manifest_digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
+    tracing::info!("Extracted {} {digest} ({} layers) in {:.2}s", base.reference, base.layers.len(), t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The base image `name`: from `--cache-dir` when `strata warm` or an
+/// earlier build put it there (and it is fresh), else resolved and fetched,
+/// then kept in `--cache-dir`. Build-context names never use the cache.
+/// With `lazy`, a registry image's layers are left to [`fetch_base_layers`].
+pub fn base_image(build: &Build, name: &str, platform: &Platform, lazy: bool) -> Result<Unextracted> {
+    let is_context = build.args.input.build_contexts.iter().any(|c| c.name == name);
+    let reference = if is_context { None } else { crate::image::reference::ImageRef::parse(name).ok() };
+    if let Some(r) = &reference
+        && let Some(base) = build.cache.base_image(r, &build.store)
+    {
+        return Ok(Unextracted::Fetched(base));
+    }
+    if lazy
+        && let Some(r) = &reference
+        && name != "scratch"
+    {
+        let base = crate::image::resolve::pull_config(r, &build.args.registry, &build.store, platform)?;
+        return Ok(Unextracted::Unfetched(base));
+    }
+    let base = crate::image::resolve_base(name, &build.args.input.build_contexts, &build.args.registry, &build.store, platform)?;
+    if let Some(r) = &reference {
+        build.cache.store_base_image(r, &base, &build.store);
+    }
+    Ok(Unextracted::Fetched(base))
+}
+
+/// Downloads the layers of a base image resolved without them, then keeps it
+/// in `--cache-dir`.
+fn fetch_base_layers(build: &Build, base: &UnfetchedBase) -> Result<()> {
+    let t = Instant::now();
+    crate::image::resolve::fetch_layers(base, &build.args.registry, &build.store)
+        .with_context(|| format!("downloading the layers of {}", base.image.reference))?;
+    tracing::info!("Downloaded the {} layer(s) of {} in {:.2}s", base.image.layers.len(), base.image.reference, t.elapsed().as_secs_f64());
+    if let Some(r) = &base.image.registry_ref {
+        build.cache.store_base_image(r, &base.image, &build.store);
+    }
+    Ok(())
+}
