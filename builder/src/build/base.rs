@@ -65,9 +65,23 @@ impl Unextracted {
 /// Extracts the base image's layers into `root`.
 fn extract_base(build: &Build, base: &BaseImage, root: &Path) -> Result<()> {
     let t = Instant::now();
-    crate::image::extract::extract_image(base, &build.store, root, build.args.registry.image_fs_extract_retry)?;
-    let digest = base.manifest_digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
-    tracing::info!("Extracted {} {digest} ({} layers) in {:.2}s", base.reference, base.layers.len(), t.elapsed().as_secs_f64());
+    crate::image::extract::extract_image(
+        base,
+        &build.store,
+        root,
+        build.args.registry.image_fs_extract_retry,
+    )?;
+    let digest = base
+        .manifest_digest
+        .as_ref()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        "Extracted {} {digest} ({} layers) in {:.2}s",
+        base.reference,
+        base.layers.len(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -75,9 +89,23 @@ fn extract_base(build: &Build, base: &BaseImage, root: &Path) -> Result<()> {
 /// earlier build put it there (and it is fresh), else resolved and fetched,
 /// then kept in `--cache-dir`. Build-context names never use the cache.
 /// With `lazy`, a registry image's layers are left to [`fetch_base_layers`].
-pub fn base_image(build: &Build, name: &str, platform: &Platform, lazy: bool) -> Result<Unextracted> {
-    let is_context = build.args.input.build_contexts.iter().any(|c| c.name == name);
-    let reference = if is_context { None } else { crate::image::reference::ImageRef::parse(name).ok() };
+pub fn base_image(
+    build: &Build,
+    name: &str,
+    platform: &Platform,
+    lazy: bool,
+) -> Result<Unextracted> {
+    let is_context = build
+        .args
+        .input
+        .build_contexts
+        .iter()
+        .any(|c| c.name == name);
+    let reference = if is_context {
+        None
+    } else {
+        crate::image::reference::ImageRef::parse(name).ok()
+    };
     if let Some(r) = &reference
         && let Some(base) = build.cache.base_image(r, &build.store)
     {
@@ -87,10 +115,17 @@ pub fn base_image(build: &Build, name: &str, platform: &Platform, lazy: bool) ->
         && let Some(r) = &reference
         && name != "scratch"
     {
-        let base = crate::image::resolve::pull_config(r, &build.args.registry, &build.store, platform)?;
+        let base =
+            crate::image::resolve::pull_config(r, &build.args.registry, &build.store, platform)?;
         return Ok(Unextracted::Unfetched(base));
     }
-    let base = crate::image::resolve_base(name, &build.args.input.build_contexts, &build.args.registry, &build.store, platform)?;
+    let base = crate::image::resolve_base(
+        name,
+        &build.args.input.build_contexts,
+        &build.args.registry,
+        &build.store,
+        platform,
+    )?;
     if let Some(r) = &reference {
         build.cache.store_base_image(r, &base, &build.store);
     }
@@ -103,7 +138,12 @@ fn fetch_base_layers(build: &Build, base: &UnfetchedBase) -> Result<()> {
     let t = Instant::now();
     crate::image::resolve::fetch_layers(base, &build.args.registry, &build.store)
         .with_context(|| format!("downloading the layers of {}", base.image.reference))?;
-    tracing::info!("Downloaded the {} layer(s) of {} in {:.2}s", base.image.layers.len(), base.image.reference, t.elapsed().as_secs_f64());
+    tracing::info!(
+        "Downloaded the {} layer(s) of {} in {:.2}s",
+        base.image.layers.len(),
+        base.image.reference,
+        t.elapsed().as_secs_f64()
+    );
     if let Some(r) = &base.image.registry_ref {
         build.cache.store_base_image(r, &base.image, &build.store);
     }
