@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use rayon::prelude::*;
 use strata_snapshotter::{SnapshotMode, Snapshotter, StepKind};
 
 use crate::loopfs::run;
+use crate::snapshot::make_tree;
 use crate::stats::{Samples, rotation, secs, time};
 
 const MODES: [SnapshotMode; 3] = [SnapshotMode::Fuse, SnapshotMode::Redo, SnapshotMode::Full];
@@ -288,22 +288,6 @@ fn regular_files(root: &Path) -> Result<Vec<PathBuf>> {
         bail!("no regular file in {}", root.display());
     }
     Ok(files)
-}
-
-/// `files` files of 40 bytes, 100 per directory, two directory levels.
-fn make_tree(root: &Path, files: usize) -> Result<()> {
-    let dirs = files.div_ceil(100);
-    (0..dirs).into_par_iter().try_for_each(|d| -> Result<()> {
-        let dir = root.join(format!("d{}/d{}", d / 100, d % 100));
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for f in (d * 100)..((d + 1) * 100).min(files) {
-            fs::write(
-                dir.join(format!("f{}", f % 100)),
-                format!("file {f:>10} of the benchmark tree.\n"),
-            )?;
-        }
-        Ok(())
-    })
 }
 
 /// The path of file `k` of a synthetic root, relative to it.

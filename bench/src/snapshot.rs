@@ -122,7 +122,7 @@ pub fn run(common: &Common, o: &Options) -> Result<()> {
 }
 
 /// `files` files of 40 bytes, 100 per directory, two directory levels.
-fn make_tree(root: &Path, files: usize) -> Result<()> {
+pub fn make_tree(root: &Path, files: usize) -> Result<()> {
     let dirs = files.div_ceil(100);
     (0..dirs).into_par_iter().try_for_each(|d| -> Result<()> {
         let dir = root.join(format!("d{}/d{}", d / 100, d % 100));
