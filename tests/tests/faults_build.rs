@@ -59,7 +59,7 @@ fn builds_through_a_faulty_registry() {
     assert_eq!(errors.len(), 1, "{log}");
     assert!(errors[0].contains(&layer) && errors[0].contains("digest"), "{}", errors[0]);
     assert!(!work.join("blobs/sha256").join(layer.trim_start_matches("sha256:")).exists(), "a corrupt blob was kept");
-    assert!(leftover_builds(&work).is_empty() && mounts_under(&work).is_empty());
+    assert_work_clean(&work, "");
     assert!(!layout.exists());
 
     // 503s on the pull, 429 (Retry-After: 1) and 500 on the push: retried, and the image is complete.

@@ -109,8 +109,7 @@ fn twenty_concurrent_builds_share_caches() {
         let remote = tools::skopeo_inspect(&format!("docker://{}/app/load-{i}:1", reg.addr), &["--tls-verify=false"]);
         assert_eq!(remote["Layers"].as_array().unwrap().len(), 4, "{remote}");
     }
-    assert!(leftover_builds(&work).is_empty(), "{:?}", leftover_builds(&work));
-    assert!(mounts_under(&work).is_empty());
+    assert_work_clean(&work, "");
 }
 
 /// Writes `len` bytes of xorshift output (incompressible, fast to make) to `path`.

@@ -141,7 +141,7 @@ fn anonymous_token_registry_retry_after_is_honoured() {
     let waits = logged_waits(&log);
     assert_eq!(waits.len(), 4, "{log}");
     assert!(waits.iter().all(|w| (2..=3).contains(w)), "{waits:?}\n{log}");
-    assert!(leftover_builds(&work).is_empty() && mounts_under(&work).is_empty());
+    assert_work_clean(&work, &log);
 }
 
 #[test]

@@ -38,25 +38,10 @@ impl Ctx {
         std::fs::write(self.ctx.join("Dockerfile"), dockerfile).unwrap();
         let out_dir = self.s.path().join("out");
         let _ = std::fs::remove_dir_all(&out_dir);
-        let work = self.s.work();
-        let a = args(&[
-            "--context",
-            ".",
-            "--build-context",
-            &self.s.base_context(),
-            "--no-push",
-            "--oci-layout-path",
-            out_dir.to_str().unwrap(),
-            "--kaniko-dir",
-            work.to_str().unwrap(),
-        ]);
+        let a = self.s.offline_args(".", &out_dir);
         let out = strata_within(&a, &self.ctx, Duration::from_secs(600));
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            leftover_builds(&work).is_empty(),
-            "build directory left behind:\n{log}"
-        );
-        assert!(mounts_under(&work).is_empty(), "mounts left behind:\n{log}");
+        assert_work_clean(&self.s.work(), &log);
         assert_eq!(
             std::fs::read_to_string(self.canary.join("secret")).unwrap(),
             SECRET

@@ -267,26 +267,11 @@ impl Hostile {
         )
         .unwrap();
         let out_dir = self.s.path().join("out");
-        let work = self.s.work();
-        let a = args(&[
-            "--context",
-            ".",
-            "--build-context",
-            &self.s.base_context(),
-            "--no-push",
-            "--oci-layout-path",
-            out_dir.to_str().unwrap(),
-            "--kaniko-dir",
-            work.to_str().unwrap(),
-        ]);
+        let a = self.s.offline_args(".", &out_dir);
         let out = strata(&a, &context, &[]);
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
         self.assert_canary_untouched(&log);
-        assert!(
-            leftover_builds(&work).is_empty(),
-            "build directory left behind:\n{log}"
-        );
-        assert!(mounts_under(&work).is_empty(), "mounts left behind:\n{log}");
+        assert_work_clean(&self.s.work(), &log);
         let report = if out.status.success() {
             last_layer_file(&out_dir, "report")
         } else {

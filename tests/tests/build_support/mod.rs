@@ -39,6 +39,23 @@ impl Scratch {
         std::fs::create_dir_all(&w).unwrap();
         w
     }
+
+    /// Arguments of an offline build of `context` on the busybox base (as
+    /// `base`), not pushed, written to the OCI layout `out`, in [`Scratch::work`].
+    pub fn offline_args(&self, context: &str, out: &Path) -> Vec<String> {
+        let work = self.work();
+        args(&[
+            "--context",
+            context,
+            "--build-context",
+            &self.base_context(),
+            "--no-push",
+            "--oci-layout-path",
+            out.to_str().unwrap(),
+            "--kaniko-dir",
+            work.to_str().unwrap(),
+        ])
+    }
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -94,6 +111,13 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let dir = dir.to_string_lossy().to_string();
     info.lines().filter(|l| l.contains(&dir)).map(str::to_string).collect()
+}
+
+/// Asserts that a build in the work directory `work` left no build directory
+/// and nothing mounted there; `log` is shown if it did.
+pub fn assert_work_clean(work: &Path, log: &str) {
+    assert!(leftover_builds(work).is_empty(), "build directory left behind: {:?}\n{log}", leftover_builds(work));
+    assert!(mounts_under(work).is_empty(), "mounts left behind: {:?}\n{log}", mounts_under(work));
 }
 
 /// Entries left in a work directory (blobs and run-cache may persist; build-* may not).
