@@ -68,10 +68,10 @@ fn cold_then_warm(opts: &CacheOptions, destinations: &[ImageRef], tmp: &Path) ->
     assert_eq!(remote_hits(&warm), vec![true; 5]);
     for o in &warm {
         let Lookup::Hit(hit) = o else { unreachable!() };
-        assert!(!store2.contains(&hit.layer.digest), "a hit is not downloaded until fetched");
+        assert!(!store2.contains(&hit.layer.as_ref().unwrap().digest), "a hit is not downloaded until fetched");
         cache.fetch(hit, &store2).unwrap();
-        store2.verify(&hit.layer.digest).unwrap();
-        assert_eq!(store2.read(&hit.layer.digest).unwrap(), store1.read(&hit.layer.digest).unwrap());
+        store2.verify(&hit.layer.as_ref().unwrap().digest).unwrap();
+        assert_eq!(store2.read(&hit.layer.as_ref().unwrap().digest).unwrap(), store1.read(&hit.layer.as_ref().unwrap().digest).unwrap());
     }
     assert_eq!(cache.finish(), 0);
     steps
@@ -151,14 +151,14 @@ fn corrupt_registry_blob_is_never_used() {
     let store2 = BlobStore::new(tmp.path().join("b2")).unwrap();
     let cache = Cache::open(&shared(&repo), &[], registries()).unwrap();
     let Lookup::Hit(hit) = cache.lookup("step", &steps[0], &store2) else { panic!("expected a hit") };
-    let hex = hit.layer.digest.hex();
+    let hex = hit.layer.as_ref().unwrap().digest.hex();
     let data = registry.storage().join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data");
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[12] ^= 0xff;
     std::fs::write(&data, &bytes).unwrap();
     let err = cache.fetch(&hit, &store2).unwrap_err();
     assert!(format!("{err:#}").contains("digest mismatch"), "{err:#}");
-    assert!(!store2.contains(&hit.layer.digest), "the corrupt blob was not stored");
+    assert!(!store2.contains(&hit.layer.as_ref().unwrap().digest), "the corrupt blob was not stored");
 }
 
 #[test]
@@ -176,14 +176,14 @@ fn oci_layout_cache_on_a_shared_volume() {
     let store = BlobStore::new(tmp.path().join("b3")).unwrap();
     let cache = Cache::open(&opts, &[], registries()).unwrap();
     let Lookup::Hit(hit) = cache.lookup("step", &steps[0], &store) else { panic!("expected a hit") };
-    let blob = layout.join("blobs/sha256").join(hit.layer.digest.hex());
+    let blob = layout.join("blobs/sha256").join(hit.layer.as_ref().unwrap().digest.hex());
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[12] ^= 0xff;
     std::fs::remove_file(&blob).unwrap();
     std::fs::write(&blob, &bytes).unwrap();
     let err = cache.fetch(&hit, &store).unwrap_err();
     assert!(format!("{err:#}").contains("corrupt"), "{err:#}");
-    assert!(!store.contains(&hit.layer.digest));
+    assert!(!store.contains(&hit.layer.as_ref().unwrap().digest));
 }
 
 #[test]
@@ -268,4 +268,83 @@ fn a_hit_applied_to_the_root_gives_the_step_files() {
     let paths = cache.apply(&hit, &store, &root).unwrap();
     assert_eq!(paths.into_iter().collect::<Vec<_>>(), vec![std::path::PathBuf::from("step0")]);
     assert_eq!(std::fs::read_to_string(root.join("step0")).unwrap(), steps[0].instruction);
+}
+
+/// A step that made no layer, stored as a zero-layer cache image in `spec`
+/// (checked with skopeo at `skopeo_ref`): a fresh machine hits it with no
+/// layer, and a changed input still says what changed.
+fn empty_entry_round_trip(spec: &str, skopeo_ref: &dyn Fn(&str) -> String, skopeo_args: &[&str], tmp: &Path) {
+    let mut steps = chain(2, "1");
+    let store = BlobStore::new(tmp.join("cold")).unwrap();
+    let cache = Cache::open(&shared(spec), &[], registries()).unwrap();
+    assert!(matches!(cache.lookup("stage 0 step 0", &steps[0], &store), Lookup::Miss(_)));
+    cache.store_empty("stage 0 step 0", &steps[0], &store).unwrap();
+    assert!(matches!(cache.lookup("stage 0 step 1", &steps[1], &store), Lookup::Miss(_)));
+    let layer = make_layer(&store, "step1", b"one");
+    cache.store("stage 0 step 1", &steps[1], &layer, &store).unwrap();
+    assert_eq!(cache.finish(), 0, "every background push succeeded");
+
+    // A valid image of zero layers, with the annotations of the other entries.
+    if require::tool("empty_entry_round_trip", "skopeo") {
+        let raw = tools::skopeo_inspect(&skopeo_ref(steps[0].key().as_str()), &[&["--raw"], skopeo_args].concat());
+        assert_eq!(raw["layers"].as_array().map(|l| l.len()), Some(0), "{raw}");
+        assert_eq!(raw["mediaType"], "application/vnd.oci.image.manifest.v1+json", "{raw}");
+        assert!(raw["annotations"]["dev.strata.cache.inputs"].is_string(), "{raw}");
+        assert!(raw["annotations"]["dev.strata.cache.created"].is_string(), "{raw}");
+        let image = tools::skopeo_inspect(&skopeo_ref(steps[0].key().as_str()), skopeo_args);
+        assert_eq!(image["Layers"].as_array().map(|l| l.len()), Some(0), "{image}");
+    }
+
+    // A fresh machine: the empty entry hits with no layer, nothing to fetch;
+    // the next step's layer is still found.
+    let store2 = BlobStore::new(tmp.join("warm")).unwrap();
+    let local_dir = tmp.join("local-cache");
+    let opts = CacheOptions { cache_dir: Some(local_dir.clone()), ..shared(spec) };
+    let cache = Cache::open(&opts, &[], registries()).unwrap();
+    let warm = build(&cache, &steps, &store2);
+    assert_eq!(remote_hits(&warm), vec![true, true]);
+    let Lookup::Hit(empty) = &warm[0] else { unreachable!() };
+    assert!(empty.layer.is_none(), "{empty:?}");
+    assert!(empty.descriptor().is_none());
+    cache.fetch(empty, &store2).unwrap();
+    let root = tmp.join("root");
+    std::fs::create_dir(&root).unwrap();
+    assert!(cache.apply(empty, &store2, &root).unwrap().is_empty(), "an empty hit writes nothing");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+    let Lookup::Hit(full) = &warm[1] else { unreachable!() };
+    assert_eq!(full.layer.as_ref().map(|l| &l.digest), Some(&layer.digest));
+    drop(cache);
+
+    // Fetching the shared empty hit kept it in --cache-dir too.
+    let local_only = CacheOptions { cache: true, cache_dir: Some(local_dir), ..CacheOptions::default() };
+    let cache = Cache::open(&local_only, &[], registries()).unwrap();
+    let Lookup::Hit(hit) = cache.lookup("stage 0 step 0", &steps[0], &store2) else { panic!("expected a local hit") };
+    assert!(hit.source == HitSource::Local && hit.layer.is_none(), "{hit:?}");
+    drop(cache);
+
+    // A changed input: the shared cache alone explains the miss of the empty entry.
+    steps[0].args.insert("VERSION".into(), "2".into());
+    let cache = Cache::open(&shared(spec), &[], registries()).unwrap();
+    let outcome = cache.lookup("stage 0 step 0", &steps[0], &store2);
+    let Lookup::Miss(why) = outcome else { panic!("expected a miss") };
+    assert_eq!(why, "build arg VERSION changed");
+}
+
+#[test]
+fn a_step_without_a_layer_is_a_zero_layer_registry_entry() {
+    if !needs_registry("a_step_without_a_layer_is_a_zero_layer_registry_entry") {
+        return;
+    }
+    let registry = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = format!("{}/app/cache", registry.addr);
+    empty_entry_round_trip(&repo, &|tag| format!("docker://{repo}:{tag}"), &["--tls-verify=false"], tmp.path());
+}
+
+#[test]
+fn a_step_without_a_layer_is_a_zero_layer_layout_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("shared-cache");
+    let spec = format!("oci:{}", layout.display());
+    empty_entry_round_trip(&spec, &|tag| format!("oci:{}:{tag}", layout.display()), &[], tmp.path());
 }

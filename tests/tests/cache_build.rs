@@ -26,16 +26,20 @@ struct Project {
 
 impl Project {
     fn new() -> Project {
+        Project::with(DOCKERFILE)
+    }
+
+    fn with(dockerfile: &str) -> Project {
         let scratch = Scratch::new();
         let ctx = scratch.path().join("ctx");
         fs::create_dir_all(&ctx).unwrap();
-        fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
         fs::write(ctx.join("app.txt"), "app 1\n").unwrap();
         fs::write(ctx.join("other.txt"), "other\n").unwrap();
         Project { scratch, ctx }
     }
 
-    /// Builds with the cache flags `extra`; returns (log, image digest).
+    /// Builds with the cache flags `extra`; returns (log and RUN output, image digest).
     fn build(&self, name: &str, extra: &[&str]) -> (String, String) {
         let digest_file = self.scratch.path().join(format!("{name}.digest"));
         let mut a = args(&[
@@ -49,7 +53,9 @@ impl Project {
             "--cache=true", "--cache-copy-layers=true",
         ]);
         a.extend(extra.iter().map(|s| s.to_string()));
-        let log = strata_ok(&a, self.scratch.path(), &[]);
+        let out = strata(&a, self.scratch.path(), &[]);
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        assert!(out.status.success(), "strata {a:?} failed ({}):\n{log}", out.status);
         (log, fs::read_to_string(&digest_file).unwrap().trim().to_string())
     }
 }
@@ -406,4 +412,75 @@ fn fully_cached_rebuild_does_not_download_the_base() {
     assert!(log.contains("Extracted "), "{log}");
     assert_eq!(base_downloads(), 1, "{log}");
     assert_complete(&miss_layout, &p.scratch.path().join("miss-bundle"), "other 2\n");
+}
+
+/// A RUN that changes nothing (its output, `ran-2`, shows whether it ran)
+/// between steps that do.
+const EMPTY_RUN_DOCKERFILE: &str = "\
+FROM base
+RUN echo one > /one
+RUN echo hi > /dev/null; echo ran-$((1+1))
+COPY other.txt /other.txt
+RUN echo four > /four
+";
+
+/// A cold build, then fully cached rebuilds with `cache` (flags), then a
+/// rebuild whose COPY misses: the RUN that changed nothing is cached like
+/// the others, never runs again, and needs no base.
+fn empty_run_is_cached(p: &Project, cache: &[&str], fresh: &[&str]) {
+    let (cold, cold_digest) = p.build("cold", cache);
+    assert_eq!(outcomes(&cold), vec!["miss"; 4], "{cold}");
+    assert!(cold.contains("ran-2"), "{cold}");
+    assert!(cold.contains("no changes, no layer"), "{cold}");
+
+    let (warm, warm_digest) = p.build("warm", cache);
+    assert_eq!(outcomes(&warm), vec!["hit"; 4], "{warm}");
+    assert!(!warm.contains("ran-2"), "the RUN that changed nothing ran again:\n{warm}");
+    assert_eq!(warm.matches("done in").count(), warm.matches("(cached)").count(), "every step is cached:\n{warm}");
+    assert!(warm.contains("not extracted: no step of stage 0 needed the root"), "{warm}");
+    assert!(!warm.contains("Extracted "), "{warm}");
+    assert_eq!(warm_digest, cold_digest, "a fully cached rebuild gives the same image");
+    let tar = format!("docker-archive:{}", p.scratch.path().join("warm.tar").display());
+    let config = strata_tests::tools::skopeo_config(&tar, &[]);
+    let history = config["history"].as_array().unwrap();
+    let empty_run = history.iter().find(|h| h["created_by"].as_str().is_some_and(|c| c.contains("ran-"))).unwrap();
+    assert_eq!(empty_run["empty_layer"], true, "{config}");
+    let image = strata_tests::tools::skopeo_inspect(&tar, &[]);
+    assert_eq!(image["Layers"].as_array().map(|l| l.len()), Some(4), "the base and three steps' layers: {image}");
+
+    // A later step misses: the root is built from the base and the hits,
+    // the empty RUN still does not run, and the image is a cold build's.
+    fs::write(p.ctx.join("other.txt"), "other 2\n").unwrap();
+    let (log, digest) = p.build("miss", cache);
+    assert_eq!(outcomes(&log), ["hit", "hit", "miss", "miss"], "{log}");
+    assert!(!log.contains("ran-2"), "{log}");
+    assert!(log.contains("Extracted "), "{log}");
+    let (clean, clean_digest) = p.build("clean", fresh);
+    assert_eq!(outcomes(&clean), vec!["miss"; 4], "{clean}");
+    assert!(clean.contains("ran-2"), "{clean}");
+    assert_eq!(digest, clean_digest, "the partly cached build gives the image a cold build gives");
+}
+
+#[test]
+fn run_without_changes_is_cached_in_the_cache_dir() {
+    if !requirements("run_without_changes_is_cached_in_the_cache_dir") {
+        return;
+    }
+    let p = Project::with(EMPTY_RUN_DOCKERFILE);
+    let dir = p.scratch.path().join("cache").display().to_string();
+    let fresh = p.scratch.path().join("fresh").display().to_string();
+    empty_run_is_cached(&p, &["--cache-dir", &dir], &["--cache-dir", &fresh]);
+}
+
+#[test]
+fn run_without_changes_is_cached_in_the_registry() {
+    let test = "run_without_changes_is_cached_in_the_registry";
+    if !requirements(test) || !strata_tests::require::tool(test, "docker-registry") {
+        return;
+    }
+    let registry = Registry::start();
+    let p = Project::with(EMPTY_RUN_DOCKERFILE);
+    let repo = format!("{}/app/cache", registry.addr);
+    let fresh = format!("{}/fresh/cache", registry.addr);
+    empty_run_is_cached(&p, &["--cache-repo", &repo], &["--cache-repo", &fresh]);
 }

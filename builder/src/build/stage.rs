@@ -105,25 +105,35 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
         if let Some(step) = cached_step
             && let crate::cache::Lookup::Hit(hit) = build.cache.lookup(&step.name, &step.inputs, &build.store)
         {
-            let layer = if defer_hits {
+            // Some(layer or None for a step that made no layer), or None to run the step.
+            let outcome = if hit.layer.is_none() {
+                // Nothing to apply to the root, so nothing deferred either.
+                build.cache.fetch(&hit, &build.store).ok().map(|()| None)
+            } else if defer_hits {
                 deferred.defer((*hit).clone(), n, &step.name, &image, &vars);
                 Some(hit.descriptor())
             } else {
                 match build.cache.fetch(&hit, &build.store) {
-                    Ok(()) => Some(apply_hit(build, state.snapshotter(build)?, &root, &step.name, &hit)?),
+                    Ok(()) => Some(Some(apply_hit(build, state.snapshotter(build)?, &root, &step.name, &hit)?)),
                     Err(e) => {
                         tracing::warn!("cache: {}: the cached layer is unusable, running the step: {e:#}", step.name);
                         None
                     }
                 }
             };
-            if let Some(layer) = layer {
+            if let Some(layer) = outcome {
                 let created_by = match &expanded {
                     Instruction::Run(run) => run_history(&image.config, &vars, &run.command),
                     _ => format!("{} # buildkit", src.original),
                 };
-                image.layers.push(layer);
-                image.config.history.push(History { created: Some(build.settings.now()), created_by: Some(created_by), ..Default::default() });
+                let empty_layer = layer.is_none();
+                image.layers.extend(layer);
+                image.config.history.push(History {
+                    created: Some(build.settings.now()),
+                    created_by: Some(created_by),
+                    empty_layer,
+                    ..Default::default()
+                });
                 tracing::info!("{label} done in {:.2}s (cached)", started.elapsed().as_secs_f64());
                 n += 1;
                 continue;
@@ -181,7 +191,14 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
                     }
                     image.layers.push(layer)
                 }
-                None => history.empty_layer = true,
+                None => {
+                    if let Some(step) = &planned[n]
+                        && let Err(e) = build.cache.store_empty(&step.name, &step.inputs, &build.store)
+                    {
+                        tracing::warn!("{label}: {e:#}");
+                    }
+                    history.empty_layer = true
+                }
             },
         }
         image.config.history.push(history);
@@ -275,7 +292,7 @@ fn apply_hit(build: &Build, snap: &mut Snapshotter, root: &Path, name: &str, hit
     let finished = snap.finish_step();
     applied.with_context(|| format!("{name}: applying the cached layer"))?;
     finished.context("recording what the cached layer wrote")?;
-    Ok(hit.descriptor())
+    hit.descriptor().ok_or_else(|| anyhow!("{name}: the cached entry has no layer to apply"))
 }
 
 /// Whether a step works on the stage root (the others only change the config).

@@ -4,7 +4,8 @@
 //! Layout of the directory:
 //! - `blobs/sha256/<hex>`: content-addressed blobs (layers, configs, manifests),
 //!   written to a temporary file and renamed into place ([`BlobStore`]);
-//! - `layers/<key>.json`: a cached layer ([`LayerRecord`]) for a step key;
+//! - `layers/<key>.json`: a cached layer ([`LayerRecord`]) for a step key, or
+//!   the record that the step made no layer;
 //! - `images/<hash of reference>.json`: a base image ([`ImageRecord`]);
 //! - `steps/<hash of step>.json`: the inputs of the last build of a step, to
 //!   explain a later miss;
@@ -62,7 +63,10 @@ impl From<&CachedLayer> for LayerDescriptor {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerRecord {
     pub key: CacheKey,
-    pub layer: CachedLayer,
+    /// None for a step that changed nothing (no layer). Left out of the JSON
+    /// then, so an older strata finds the record malformed: a miss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<CachedLayer>,
     /// Seconds since the epoch when the layer was cached.
     pub created: u64,
     pub inputs: InputDigests,
@@ -80,8 +84,9 @@ pub struct ImageRecord {
 /// What a look-up found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalLookup {
-    /// The record and its blob are there and the blob's digest checks out.
-    Hit(CachedLayer),
+    /// The record and its blob are there and the blob's digest checks out;
+    /// None when the step made no layer (no blob).
+    Hit(Option<CachedLayer>),
     /// Nothing cached for the key.
     Absent,
     /// Cached longer ago than `--cache-ttl`; the entry was removed.
@@ -193,11 +198,12 @@ impl LocalCache {
             let _ = fs::remove_file(&path);
             return Ok(LocalLookup::Expired { age });
         }
-        match self.export_blob(&record.layer.digest, into) {
-            Ok(()) => Ok(LocalLookup::Hit(record.layer)),
+        let Some(layer) = record.layer else { return Ok(LocalLookup::Hit(None)) };
+        match self.export_blob(&layer.digest, into) {
+            Ok(()) => Ok(LocalLookup::Hit(Some(layer))),
             Err(e) => {
                 let _ = fs::remove_file(&path);
-                let _ = fs::remove_file(self.blobs.path(&record.layer.digest));
+                let _ = fs::remove_file(self.blobs.path(&layer.digest));
                 Ok(LocalLookup::Corrupt(format!("{e:#}; removed")))
             }
         }
@@ -218,7 +224,16 @@ impl LocalCache {
         if !self.blobs.contains(&layer.digest) {
             link_or_copy(from, &self.blobs, &layer.digest)?;
         }
-        let record = LayerRecord { key: key.clone(), layer: layer.clone(), created: now_secs(), inputs: inputs.clone() };
+        self.put_record(key, inputs, Some(layer.clone()))
+    }
+
+    /// Records that the step with `key` made no layer (its RUN changed nothing).
+    pub fn put_empty(&self, key: &CacheKey, inputs: &InputDigests) -> Result<()> {
+        self.put_record(key, inputs, None)
+    }
+
+    fn put_record(&self, key: &CacheKey, inputs: &InputDigests, layer: Option<CachedLayer>) -> Result<()> {
+        let record = LayerRecord { key: key.clone(), layer, created: now_secs(), inputs: inputs.clone() };
         write_atomic(&self.layer_path(key), &serde_json::to_vec_pretty(&record)?)
     }
 
@@ -312,7 +327,7 @@ impl LocalCache {
             let record = fs::read(&entry).ok().and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok());
             match record {
                 Some(r) if self.expired(r.created).is_none() => {
-                    keep.insert(r.layer.digest);
+                    keep.extend(r.layer.map(|l| l.digest));
                 }
                 _ => {
                     fs::remove_file(&entry).ok();

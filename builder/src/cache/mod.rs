@@ -13,8 +13,9 @@
 //! cache; from the shared cache only its descriptor is known until
 //! [`Cache::fetch`] (call it when a later RUN needs the files, or before
 //! delivery). After running a step that missed, [`Cache::store`] keeps its
-//! layer locally and pushes it in the background; [`Cache::finish`] waits for
-//! those pushes at the end of the build.
+//! layer locally and pushes it in the background ([`Cache::store_empty`] for a
+//! step that made no layer, whose hit then has none); [`Cache::finish`] waits
+//! for those pushes at the end of the build.
 //!
 //! Cache failures never fail a build: a look-up error is logged and counts as a
 //! miss; a failed push is logged.
@@ -142,14 +143,15 @@ pub struct Hit {
     pub key: CacheKey,
     /// The inputs that made the key (kept with the layer in the local cache).
     pub inputs: InputDigests,
-    pub layer: CachedLayer,
+    /// None when the step made no layer (a RUN that changed nothing).
+    pub layer: Option<CachedLayer>,
     pub source: HitSource,
 }
 
 impl Hit {
-    /// The layer as the image module's delivery takes it.
-    pub fn descriptor(&self) -> LayerDescriptor {
-        LayerDescriptor::from(&self.layer)
+    /// The layer as the image module's delivery takes it; None for no layer.
+    pub fn descriptor(&self) -> Option<LayerDescriptor> {
+        self.layer.as_ref().map(LayerDescriptor::from)
     }
 }
 
@@ -350,23 +352,32 @@ impl Cache {
     }
 
     /// Puts a shared-cache hit's layer into `into` (downloading it if needed)
-    /// and keeps it in the local cache too.
+    /// and keeps it in the local cache too. A hit without a layer has nothing
+    /// to fetch; a shared one is recorded in the local cache.
     pub fn fetch(&self, hit: &Hit, into: &BlobStore) -> Result<()> {
-        if into.contains(&hit.layer.digest) {
+        let Some(layer) = &hit.layer else {
+            if let (HitSource::Remote, Some(local)) = (&hit.source, &self.local)
+                && let Err(e) = local.put_empty(&hit.key, &hit.inputs)
+            {
+                tracing::warn!("cache: keeping the entry {} (no layer) in {}: {e:#}", hit.key.short(), local.dir().display());
+            }
+            return Ok(());
+        };
+        if into.contains(&layer.digest) {
             return Ok(());
         }
         match (&hit.source, &self.remote) {
             (HitSource::Remote, Some(remote)) => {
                 self.rt()
-                    .block_on(remote.fetch(&hit.key, &hit.layer, into))
-                    .with_context(|| format!("fetching cached layer {} from {}", hit.layer.digest, remote.describe()))?;
+                    .block_on(remote.fetch(&hit.key, layer, into))
+                    .with_context(|| format!("fetching cached layer {} from {}", layer.digest, remote.describe()))?;
             }
-            _ => bail!("cached layer {} is no longer in the build's blob store", hit.layer.digest),
+            _ => bail!("cached layer {} is no longer in the build's blob store", layer.digest),
         }
         if let Some(local) = &self.local
-            && let Err(e) = local.put_layer(&hit.key, &hit.inputs, &hit.layer, into)
+            && let Err(e) = local.put_layer(&hit.key, &hit.inputs, layer, into)
         {
-            tracing::warn!("cache: keeping layer {} in {}: {e:#}", hit.layer.digest, local.dir().display());
+            tracing::warn!("cache: keeping layer {} in {}: {e:#}", layer.digest, local.dir().display());
         }
         Ok(())
     }
@@ -377,10 +388,11 @@ impl Cache {
     /// `declare_written` inside a `Write` step, as COPY does.
     pub fn apply(&self, hit: &Hit, into: &BlobStore, root: &std::path::Path) -> Result<std::collections::BTreeSet<PathBuf>> {
         self.fetch(hit, into)?;
-        let blob = into.path(&hit.layer.digest);
+        let Some(layer) = &hit.layer else { return Ok(Default::default()) };
+        let blob = into.path(&layer.digest);
         let paths = entries::layer_paths(&blob, root)?;
-        crate::image::extract::apply_layer(&blob, &hit.layer.media_type, root)
-            .with_context(|| format!("applying cached layer {} to {}", hit.layer.digest, root.display()))?;
+        crate::image::extract::apply_layer(&blob, &layer.media_type, root)
+            .with_context(|| format!("applying cached layer {} to {}", layer.digest, root.display()))?;
         Ok(paths)
     }
 
@@ -394,7 +406,8 @@ impl Cache {
         }
         let Some((local_output, destinations)) = delivery_needs(out)? else { return Ok(()) };
         for hit in hits {
-            if into.contains(&hit.layer.digest) || (!local_output && self.mount_everywhere(hit, &destinations)) {
+            let Some(layer) = &hit.layer else { continue };
+            if into.contains(&layer.digest) || (!local_output && self.mount_everywhere(&hit.key, layer, &destinations)) {
                 continue;
             }
             self.fetch(hit, into)?;
@@ -402,12 +415,12 @@ impl Cache {
         Ok(())
     }
 
-    /// Whether `hit`'s layer could be mounted into every destination from
-    /// the registry cache.
-    fn mount_everywhere(&self, hit: &Hit, destinations: &[ImageRef]) -> bool {
+    /// Whether the layer cached under `key` could be mounted into every
+    /// destination from the registry cache.
+    fn mount_everywhere(&self, key: &CacheKey, layer: &CachedLayer, destinations: &[ImageRef]) -> bool {
         let Some(remote::RemoteCache::Registry { repo, registries }) = &self.remote else { return false };
-        let Ok(source) = ImageRef::parse(&format!("{repo}:{}", hit.key)) else { return false };
-        let desc = crate::image::config::Descriptor::new(&hit.layer.media_type, hit.layer.digest.clone(), hit.layer.size);
+        let Ok(source) = ImageRef::parse(&format!("{repo}:{key}")) else { return false };
+        let desc = crate::image::config::Descriptor::new(&layer.media_type, layer.digest.clone(), layer.size);
         destinations.iter().all(|dest| {
             let mounted = self.rt().block_on(registries.mount_blob(dest, &desc, &source));
             matches!(mounted, Ok(true))
@@ -417,20 +430,32 @@ impl Cache {
     /// Caches the layer a missed step made: in the local cache now, and in the
     /// shared cache by a background push (unless `--no-push-cache`).
     pub fn store(&self, step: &str, inputs: &KeyInputs, layer: &LayerDescriptor, from: &BlobStore) -> Result<()> {
+        self.store_entry(step, inputs, Some(CachedLayer::from(layer)), from)
+    }
+
+    /// Caches that a missed step made no layer (a RUN that changed nothing),
+    /// as [`Cache::store`] does a layer: its hits then add no layer and need
+    /// no root.
+    pub fn store_empty(&self, step: &str, inputs: &KeyInputs, from: &BlobStore) -> Result<()> {
+        self.store_entry(step, inputs, None, from)
+    }
+
+    fn store_entry(&self, step: &str, inputs: &KeyInputs, cached: Option<CachedLayer>, from: &BlobStore) -> Result<()> {
         if !self.caches(inputs.kind) {
             return Ok(());
         }
         let digests = inputs.digests();
         let key = digests.key();
-        let cached = CachedLayer::from(layer);
         if let Some(local) = &self.local {
-            local
-                .put_layer(&key, &digests, &cached, from)
-                .with_context(|| format!("caching the layer of {step} in {}", local.dir().display()))?;
+            match &cached {
+                Some(layer) => local.put_layer(&key, &digests, layer, from),
+                None => local.put_empty(&key, &digests),
+            }
+            .with_context(|| format!("caching the outcome of {step} in {}", local.dir().display()))?;
         }
         if let (Some(remote), false) = (&self.remote, self.opts.no_push_cache) {
             let (remote, from, key2, step2) = (remote.clone(), from.clone(), key.clone(), step.to_string());
-            let task = self.rt().spawn(async move { remote.push(&step2, &key2, &digests, &cached, &from).await });
+            let task = self.rt().spawn(async move { remote.push(&step2, &key2, &digests, cached.as_ref(), &from).await });
             self.pushes.lock().expect("cache pushes lock").push((format!("{step} ({})", key.short()), task));
         }
         Ok(())

@@ -6,6 +6,9 @@
 //! as kaniko stores it. The manifest's annotations carry what a look-up needs
 //! (the layer's diffID and when it was cached), so a look-up is one manifest
 //! request and no blob is read until the layer is wanted ([`RemoteCache::fetch`]).
+//! A step that made no layer (a RUN that changed nothing) is an image of zero
+//! layers with the same annotations but the diffID: a hit with nothing to fetch.
+//! (Older strata read it as a failed look-up and run the step.)
 //!
 //! Each entry is also tagged `step-<hash of the step's name>`, pointing at
 //! the latest layer of that step: a later miss reads its input digests from
@@ -44,7 +47,8 @@ pub enum RemoteCache {
 /// A layer found in the shared cache; its blob is fetched only on [`RemoteCache::fetch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteHit {
-    pub layer: CachedLayer,
+    /// None when the step made no layer.
+    pub layer: Option<CachedLayer>,
     pub created: u64,
 }
 
@@ -157,36 +161,46 @@ impl RemoteCache {
         }
     }
 
-    /// Stores `layer` (its blob in `store`) under `key`, and as the latest
-    /// entry of the step called `step`.
-    pub async fn push(&self, step: &str, key: &CacheKey, inputs: &InputDigests, layer: &CachedLayer, store: &BlobStore) -> Result<()> {
+    /// Stores `layer` (its blob in `store`; None for a step that made no
+    /// layer) under `key`, and as the latest entry of the step called `step`.
+    pub async fn push(&self, step: &str, key: &CacheKey, inputs: &InputDigests, layer: Option<&CachedLayer>, store: &BlobStore) -> Result<()> {
+        let diff_ids: Vec<&Digest> = layer.map(|l| &l.diff_id).into_iter().collect();
+        let mut history = serde_json::json!({ "created_by": format!("strata cache layer {key}") });
+        if layer.is_none() {
+            history["empty_layer"] = true.into();
+        }
         let config = serde_json::json!({
             "architecture": std::env::consts::ARCH,
             "os": "linux",
-            "rootfs": { "type": "layers", "diff_ids": [layer.diff_id] },
-            "history": [{ "created_by": format!("strata cache layer {key}") }],
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+            "history": [history],
         });
         let config_bytes = serde_json::to_vec(&config)?;
         let config_digest = store.put(&config_bytes)?;
         let config_desc = Descriptor::new(media::OCI_CONFIG, config_digest, config_bytes.len() as u64);
-        let layer_desc = Descriptor::new(&layer.media_type, layer.digest.clone(), layer.size);
+        let layer_desc = layer.map(|l| Descriptor::new(&l.media_type, l.digest.clone(), l.size));
+        let mut annotations = BTreeMap::from([
+            (ANN_CREATED.to_string(), now_secs().to_string()),
+            (ANN_INPUTS.to_string(), serde_json::to_string(inputs)?),
+        ]);
+        if let Some(layer) = layer {
+            annotations.insert(ANN_DIFF_ID.to_string(), layer.diff_id.to_string());
+        }
         let manifest = Manifest {
             schema_version: 2,
             media_type: Some(media::OCI_MANIFEST.to_string()),
             config: config_desc.clone(),
-            layers: vec![layer_desc.clone()],
-            annotations: Some(BTreeMap::from([
-                (ANN_DIFF_ID.to_string(), layer.diff_id.to_string()),
-                (ANN_CREATED.to_string(), now_secs().to_string()),
-                (ANN_INPUTS.to_string(), serde_json::to_string(inputs)?),
-            ])),
+            layers: layer_desc.iter().cloned().collect(),
+            annotations: Some(annotations),
             extra: Default::default(),
         };
         let manifest_bytes = serde_json::to_vec(&manifest)?;
         match self {
             RemoteCache::Registry { repo, registries } => {
                 let dest = Self::tagged(repo, key)?;
-                registries.push_blob(&dest, &layer_desc, store, &[]).await?;
+                if let Some(layer_desc) = &layer_desc {
+                    registries.push_blob(&dest, layer_desc, store, &[]).await?;
+                }
                 registries.push_blob(&dest, &config_desc, store, &[]).await?;
                 registries.push_manifest(&dest, &manifest_bytes, media::OCI_MANIFEST).await?;
                 let step_ref = ImageRef::parse(&format!("{repo}:{}", Self::step_tag(step)))?;
@@ -198,7 +212,8 @@ impl RemoteCache {
                 let tags = [key.to_string(), Self::step_tag(step)];
                 tokio::task::spawn_blocking(move || {
                     let _lock = lock_layout(&dir)?;
-                    layout::write_image(&dir, &manifest_bytes, media::OCI_MANIFEST, &[&config_desc, &layer_desc], &store, &tags)
+                    let blobs: Vec<&Descriptor> = std::iter::once(&config_desc).chain(&layer_desc).collect();
+                    layout::write_image(&dir, &manifest_bytes, media::OCI_MANIFEST, &blobs, &store, &tags)
                 })
                 .await
                 .map_err(|e| anyhow!("writing the cache layout: {e}"))?
@@ -245,26 +260,28 @@ fn layout_manifest(dir: &Path, tag: &str) -> Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
+/// A cache image: one layer, or none for a step that made no layer.
 fn parse_cache_manifest(bytes: &[u8]) -> Result<RemoteHit> {
     let ManifestDoc::Image(m) = ManifestDoc::parse(bytes, None)? else {
-        bail!("is an index, not a one-layer cache image");
-    };
-    let [layer] = m.layers.as_slice() else {
-        bail!("has {} layers, not one", m.layers.len());
+        bail!("is an index, not a cache image");
     };
     let ann = m.annotations.clone().unwrap_or_default();
-    let diff_id = ann.get(ANN_DIFF_ID).ok_or_else(|| anyhow!("has no {ANN_DIFF_ID} annotation (not written by strata)"))?;
     let created = ann
         .get(ANN_CREATED)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("has no valid {ANN_CREATED} annotation"))?;
-    Ok(RemoteHit {
-        layer: CachedLayer {
-            media_type: layer.media_type.clone(),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            diff_id: Digest::parse(diff_id)?,
-        },
-        created,
-    })
+        .ok_or_else(|| anyhow!("has no valid {ANN_CREATED} annotation (not written by strata)"))?;
+    let layer = match m.layers.as_slice() {
+        [] => None,
+        [layer] => {
+            let diff_id = ann.get(ANN_DIFF_ID).ok_or_else(|| anyhow!("has no {ANN_DIFF_ID} annotation (not written by strata)"))?;
+            Some(CachedLayer {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                diff_id: Digest::parse(diff_id)?,
+            })
+        }
+        more => bail!("has {} layers, not one", more.len()),
+    };
+    Ok(RemoteHit { layer, created })
 }
