@@ -37,3 +37,14 @@ pub fn push_busybox_as(registry: &str, repo: &str, tag: &str, scratch: &Path, cr
     crate::tools::skopeo_copy(&format!("oci:{}:latest", layout.display()), &format!("docker://{reference}"), &args);
     reference
 }
+
+/// Writes `dir/config.json`, a docker config with one `auths` entry under
+/// `key` (a registry's host:port, or a URL form such as `http://HOST/v2/`)
+/// holding `user:password`; returns the encoded `auth` value.
+pub fn write_docker_config(dir: &Path, key: &str, user: &str, password: &str) -> String {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), format!(r#"{{"auths":{{"{key}":{{"auth":"{auth}"}}}}}}"#)).unwrap();
+    auth
+}

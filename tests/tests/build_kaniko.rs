@@ -94,9 +94,7 @@ fn kaniko_context_dot_with_docker_config_credentials() {
     let dir = s.path().join("project");
     instantiate(&fixture("kaniko/git-app"), &dir, &registry.addr);
     let docker = s.path().join("kaniko/.docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    let auth = base64_encode(b"ci:t0ken");
-    std::fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.addr)).unwrap();
+    let auth = fixtures::write_docker_config(&docker, &registry.addr, "ci", "t0ken");
     let destination = format!("{}/image:0123abc", registry.addr);
     let log = strata_ok(&args(&["--context", ".", "--destination", &destination]), &dir, &[("DOCKER_CONFIG", docker.to_str().unwrap())]);
     assert!(!log.contains("t0ken") && !log.contains(&auth), "credentials must never be logged");
@@ -160,19 +158,3 @@ fn kaniko_git_context() {
     assert!(!root.join("app/.git").exists());
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}

@@ -6,7 +6,6 @@
 
 mod images_support;
 
-use base64::Engine;
 use images_support::*;
 use strata_builder::image::options::RegistryOptions;
 use strata_builder::image::store::BlobStore;
@@ -27,13 +26,7 @@ fn authorization_expiring_mid_push_is_renewed() {
     fixtures::push_busybox_as(&reg.addr, "base/busybox", "1", s, Some("alice:s3cret-pw"));
     let proxy = FaultProxy::start(&reg.addr);
     let docker_config = s.join("docker");
-    std::fs::create_dir(&docker_config).unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pw");
-    std::fs::write(
-        docker_config.join("config.json"),
-        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, proxy.addr),
-    )
-    .unwrap();
+    fixtures::write_docker_config(&docker_config, &proxy.addr, "alice", "s3cret-pw");
     // SAFETY: the only test in this binary; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("DOCKER_CONFIG", &docker_config) };
 

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use base64::Engine;
 use build_support::*;
 use strata_tests::faultproxy::{Fault, FaultProxy, Rule, Seen};
 use strata_tests::registry::Registry;
@@ -57,6 +56,16 @@ fn build(context: &Path, work: &Path, dest: &str, env: &[(&str, &str)]) -> Outpu
 }
 
 /// The base layer's digest, read by skopeo from the registry itself.
+/// A registry holding busybox as `base/busybox:1`, behind the proxy's token
+/// front (`/token` wants `creds` when given); with the scratch directory.
+fn token_registry(creds: Option<(&str, &str)>) -> (tempfile::TempDir, Registry, FaultProxy) {
+    let s = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    fixtures::push_busybox(&reg.addr, "base/busybox", "1", s.path());
+    let proxy = FaultProxy::start_with_tokens(&reg.addr, creds);
+    (s, reg, proxy)
+}
+
 fn base_layer(reg: &Registry) -> String {
     let manifest =
         tools::skopeo_inspect(&format!("docker://{}/base/busybox:1", reg.addr), &["--tls-verify=false", "--raw"]);
@@ -113,10 +122,7 @@ fn anonymous_token_registry_retry_after_is_honoured() {
     if !requirements(t) {
         return;
     }
-    let s = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    fixtures::push_busybox(&reg.addr, "base/busybox", "1", s.path());
-    let proxy = FaultProxy::start_with_tokens(&reg.addr, None);
+    let (s, reg, proxy) = token_registry(None);
     let context = context(s.path(), &proxy);
     let work = s.path().join("work");
     let layer = base_layer(&reg);
@@ -150,19 +156,10 @@ fn private_token_registry_retry_after_is_honoured() {
     if !requirements(t) {
         return;
     }
-    let s = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    fixtures::push_busybox(&reg.addr, "base/busybox", "1", s.path());
     // The token service wants alice's password; the registry behind it is open.
-    let proxy = FaultProxy::start_with_tokens(&reg.addr, Some(("alice", "s3cret-pw")));
+    let (s, reg, proxy) = token_registry(Some(("alice", "s3cret-pw")));
     let docker_config = s.path().join("docker");
-    std::fs::create_dir(&docker_config).unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pw");
-    std::fs::write(
-        docker_config.join("config.json"),
-        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, proxy.addr),
-    )
-    .unwrap();
+    let auth = fixtures::write_docker_config(&docker_config, &proxy.addr, "alice", "s3cret-pw");
     let context = context(s.path(), &proxy);
     let work = s.path().join("work");
 
@@ -196,10 +193,7 @@ fn expired_token_is_renewed_for_the_probe() {
     if !requirements(t) {
         return;
     }
-    let s = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    fixtures::push_busybox(&reg.addr, "base/busybox", "1", s.path());
-    let proxy = FaultProxy::start_with_tokens(&reg.addr, None);
+    let (s, reg, proxy) = token_registry(None);
     let context = context(s.path(), &proxy);
     let work = s.path().join("work");
 

@@ -5,7 +5,6 @@
 
 mod images_support;
 
-use base64::Engine;
 use images_support::*;
 use strata_builder::image::options::RegistryOptions;
 use strata_builder::image::store::BlobStore;
@@ -14,12 +13,7 @@ use strata_tests::registry::Registry;
 use strata_tests::{fixtures, require, tools};
 
 fn write_config(dir: &std::path::Path, registry: &str, user: &str, password: &str) {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    std::fs::write(
-        dir.join("config.json"),
-        format!(r#"{{"auths":{{"http://{registry}/v2/":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    fixtures::write_docker_config(dir, &format!("http://{registry}/v2/"), user, password);
 }
 
 #[test]
