@@ -201,7 +201,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     stage::finalize_config(&build, &mut image)?;
     build.cache.provide_for_delivery(&target.lazy_hits, &build.args.output, &build.store)?;
     if let Some(base) = &target.lazy_base {
-        crate::cache::provide_base_for_delivery(base, &build.args.output, &build.args.registry, &build.store)?;
+        base::provide_for_delivery(base, &build.args.output, &build.args.registry, &build.store)?;
     }
     let delivered = crate::image::deliver(&image, &build.args.output, &build.args.registry, &build.store)?;
     let failed_pushes = build.cache.finish();

@@ -149,3 +149,36 @@ fn fetch_base_layers(build: &Build, base: &UnfetchedBase) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes the layers of `base` (a base image resolved without them) available
+/// to the outputs, as `Cache::provide_for_delivery` does for cache hits:
+/// nothing without outputs; mounted from the base's own repository when every
+/// destination is on its registry and no local output needs the bytes;
+/// downloaded otherwise.
+pub fn provide_for_delivery(
+    base: &crate::image::resolve::UnfetchedBase,
+    out: &crate::image::options::OutputOptions,
+    reg: &crate::image::options::RegistryOptions,
+    into: &crate::image::store::BlobStore,
+) -> Result<()> {
+    let Some((local_output, destinations)) = out.layer_needs()? else { return Ok(()) };
+    let image = &base.image;
+    let registries = crate::image::registry::Registries::new(reg)?;
+    let rt = crate::image::resolve::runtime()?;
+    let absent: Vec<_> = image.layers.iter().filter(|l| !into.contains(&l.digest)).collect();
+    let mounted = !local_output
+        && image.registry_ref.as_ref().is_some_and(|source| {
+            absent.iter().all(|l| {
+                destinations.iter().all(|dest| matches!(rt.block_on(registries.mount_blob(dest, l, source)), Ok(true)))
+            })
+        });
+    if mounted {
+        tracing::info!("Base image {}: its {} layer(s) mounted into the destination(s), not downloaded", image.reference, absent.len());
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    rt.block_on(crate::image::resolve::fetch_layers_async(&registries, base, into))
+        .with_context(|| format!("downloading the layers of {}", image.reference))?;
+    tracing::info!("Downloaded the {} layer(s) of {} for the outputs in {:.2}s", image.layers.len(), image.reference, t.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -404,7 +404,7 @@ impl Cache {
         if hits.is_empty() {
             return Ok(());
         }
-        let Some((local_output, destinations)) = delivery_needs(out)? else { return Ok(()) };
+        let Some((local_output, destinations)) = out.layer_needs()? else { return Ok(()) };
         for hit in hits {
             let Some(layer) = &hit.layer else { continue };
             if into.contains(&layer.digest) || (!local_output && self.mount_everywhere(&hit.key, layer, &destinations)) {
@@ -508,48 +508,6 @@ impl Cache {
         }
         failed
     }
-}
-
-/// What the outputs need of layers the build never downloaded: None when no
-/// output reads them, else whether a local output (`--tar-path`,
-/// `--oci-layout-path`) needs their bytes, and the destinations pushed to.
-fn delivery_needs(out: &crate::image::options::OutputOptions) -> Result<Option<(bool, Vec<ImageRef>)>> {
-    let local_output = out.tar_path.is_some() || out.oci_layout_path.is_some();
-    let destinations = if out.no_push { Vec::new() } else { out.destination_refs()? };
-    Ok((local_output || !destinations.is_empty()).then_some((local_output, destinations)))
-}
-
-/// Makes the layers of `base` (a base image resolved without them) available
-/// to the outputs, as [`Cache::provide_for_delivery`] does for cache hits:
-/// nothing without outputs; mounted from the base's own repository when every
-/// destination is on its registry and no local output needs the bytes;
-/// downloaded otherwise.
-pub fn provide_base_for_delivery(
-    base: &crate::image::resolve::UnfetchedBase,
-    out: &crate::image::options::OutputOptions,
-    reg: &crate::image::options::RegistryOptions,
-    into: &BlobStore,
-) -> Result<()> {
-    let Some((local_output, destinations)) = delivery_needs(out)? else { return Ok(()) };
-    let image = &base.image;
-    let registries = Registries::new(reg)?;
-    let rt = crate::image::resolve::runtime()?;
-    let absent: Vec<_> = image.layers.iter().filter(|l| !into.contains(&l.digest)).collect();
-    let mounted = !local_output
-        && image.registry_ref.as_ref().is_some_and(|source| {
-            absent.iter().all(|l| {
-                destinations.iter().all(|dest| matches!(rt.block_on(registries.mount_blob(dest, l, source)), Ok(true)))
-            })
-        });
-    if mounted {
-        tracing::info!("Base image {}: its {} layer(s) mounted into the destination(s), not downloaded", image.reference, absent.len());
-        return Ok(());
-    }
-    let t = std::time::Instant::now();
-    rt.block_on(crate::image::resolve::fetch_layers_async(&registries, base, into))
-        .with_context(|| format!("downloading the layers of {}", image.reference))?;
-    tracing::info!("Downloaded the {} layer(s) of {} for the outputs in {:.2}s", image.layers.len(), image.reference, t.elapsed().as_secs_f64());
-    Ok(())
 }
 
 /// A cache age or TTL for the log: whole hours, or seconds below an hour.

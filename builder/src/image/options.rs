@@ -301,6 +301,15 @@ impl OutputOptions {
             .collect()
     }
 
+    /// What the outputs need of layers the build never downloaded: None when
+    /// no output reads them, else whether a local output (`--tar-path`,
+    /// `--oci-layout-path`) needs their bytes, and the destinations pushed to.
+    pub fn layer_needs(&self) -> Result<Option<(bool, Vec<ImageRef>)>> {
+        let local_output = self.tar_path.is_some() || self.oci_layout_path.is_some();
+        let destinations = if self.no_push { Vec::new() } else { self.destination_refs()? };
+        Ok((local_output || !destinations.is_empty()).then_some((local_output, destinations)))
+    }
+
     /// Checks the combination of flags before any work starts.
     pub fn validate(&self) -> Result<()> {
         let dests = self.destination_refs()?;
