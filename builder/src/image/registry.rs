@@ -131,6 +131,13 @@ impl Registries {
 
     /// Authenticates `r`'s session (again) and keeps the bearer token it gets;
     /// `oci-client` uses the new token from then on too.
+    /// After a 401 in the middle of a session (an expired token): logs it and
+    /// authenticates again.
+    async fn authenticate_again(&self, client: &Client, r: &ImageRef, dir: Direction) -> Result<(), OciDistributionError> {
+        tracing::warn!("{} refused our authorization (expired token?); authenticating again", r.registry());
+        self.renew_token(client, r, dir).await
+    }
+
     async fn renew_token(&self, client: &Client, r: &ImageRef, dir: Direction) -> Result<(), OciDistributionError> {
         let auth = self.credential(r).map_err(|e| OciDistributionError::GenericError(Some(format!("{e:#}"))))?;
         let token = client.auth(&r.to_oci(), &auth.to_oci(), operation(dir)).await?;
@@ -199,8 +206,7 @@ impl Registries {
                     // A token that expired during a long pull: as `with_retry` does.
                     transfer.finish(Some("failed"));
                     reauthenticated = true;
-                    tracing::warn!("{} refused our authorization (expired token?); authenticating again", r.registry());
-                    self.renew_token(&client, r, Direction::Pull).await?;
+                    self.authenticate_again(&client, r, Direction::Pull).await?;
                 }
                 Err(e) => {
                     transfer.finish(Some("failed"));
@@ -389,8 +395,7 @@ impl Registries {
                 Ok(v) => return Ok(v),
                 Err(e) if is_unauthorized(&e) && !reauthenticated => {
                     reauthenticated = true;
-                    tracing::warn!("{} refused our authorization (expired token?); authenticating again", r.registry());
-                    self.renew_token(client, r, dir).await?;
+                    self.authenticate_again(client, r, dir).await?;
                 }
                 Err(e) if attempt < retries && is_retryable(&e) => {
                     let wait = self.retry_wait(client, &e, r, dir, attempt).await;
