@@ -2,9 +2,10 @@
 //!
 //! - RUN overhead: a metadata-heavy step (extract N small files, then
 //!   `find` them) and a data-heavy step (write, then read, a large file),
-//!   run in a plain directory, under kernel overlayfs, and through the FUSE
-//!   journal with and without kernel passthrough. The FUSE rows also give
-//!   the journal's `finish` (ChangeSet) time.
+//!   run in a plain directory, under kernel overlayfs, under bindfs (a
+//!   ready-made libfuse passthrough file system, when installed) and through
+//!   the FUSE journal with and without kernel passthrough. The journal's rows
+//!   also give its `finish` (ChangeSet) time.
 //! - Snapshot cost of a one-file change in `fuse`, `redo` and `full` modes
 //!   side by side, on a Debian minbase root and on synthetic roots
 //!   (`crate::fusesnap`).
@@ -145,6 +146,9 @@ pub struct Report {
 enum Contender {
     Plain,
     Overlay,
+    /// A ready-made passthrough FUSE file system (libfuse's high-level API),
+    /// as a yardstick for strata's server.
+    Bindfs,
     Fuse { passthrough: bool },
 }
 
@@ -153,6 +157,7 @@ impl Contender {
         match self {
             Contender::Plain => "plain directory",
             Contender::Overlay => "overlayfs",
+            Contender::Bindfs => "bindfs (libfuse), no journal",
             Contender::Fuse { passthrough: true } => "fuse journal, passthrough",
             Contender::Fuse { passthrough: false } => "fuse journal, no passthrough",
         }
@@ -215,6 +220,11 @@ fn run_overhead(cfg: &Config, base: &Path, notes: &mut Vec<String>) -> Result<Ve
         Contender::Overlay,
         Contender::Fuse { passthrough: false },
     ];
+    if Command::new("bindfs").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        contenders.insert(2, Contender::Bindfs);
+    } else {
+        notes.push("bindfs not installed (`apt-get install bindfs`): not measured".into());
+    }
     if fuse::passthrough_allowed() {
         contenders.push(Contender::Fuse { passthrough: true });
     } else {
@@ -306,6 +316,19 @@ fn run_step(base: &Path, contender: Contender, script: &str) -> Result<(f64, Opt
             run_cmd(
                 Command::new("mount")
                     .args(["-t", "overlay", "overlay", "-o", &opts])
+                    .arg(&mnt),
+            )?;
+            let took = shell(&mnt);
+            run_cmd(Command::new("umount").arg(&mnt))?;
+            (took?, None)
+        }
+        Contender::Bindfs => {
+            // Multithreaded, with the kernel's attribute, entry and page caches
+            // kept: the configuration issue 6 measured before strata's server existed.
+            run_cmd(
+                Command::new("bindfs")
+                    .args(["--multithreaded", "-o", "attr_timeout=86400,entry_timeout=86400,negative_timeout=86400,kernel_cache"])
+                    .arg(&root)
                     .arg(&mnt),
             )?;
             let took = shell(&mnt);
