@@ -30,6 +30,33 @@ pub fn have_root(test: &str) -> bool {
     false
 }
 
+/// Root and /dev/fuse available? Skips (returns false) only outside CI.
+pub fn fuse_available() -> bool {
+    let why = if unsafe { libc::geteuid() } != 0 {
+        Some("not root".to_string())
+    } else {
+        strata_snapshotter::fuse::probe().err().map(|e| e.to_string())
+    };
+    match why {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("FUSE test cannot run in CI: {why}"),
+        Some(why) => {
+            eprintln!("skipping FUSE test: {why}");
+            false
+        }
+    }
+}
+
+/// The lines of /proc/self/mountinfo that name something under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(dir.to_str().unwrap()))
+        .map(String::from)
+        .collect()
+}
+
 pub fn write(root: &Path, rel: &str, data: &[u8]) {
     let path = root.join(rel);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
