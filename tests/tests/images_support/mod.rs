@@ -11,7 +11,7 @@ use strata_builder::image::digest::Digest;
 use strata_builder::image::options::{OutputOptions, PlatformSpec, RegistryOptions};
 use strata_builder::image::store::BlobStore;
 use strata_builder::image::{BaseImage, BuiltImage, LayerDescriptor, resolve_base};
-use strata_tests::fixtures;
+use strata_tests::{fixtures, require};
 use strata_tests::registry::Registry;
 
 pub fn amd64() -> Platform {
@@ -118,3 +118,23 @@ pub fn add_multi_platform_index(layout: &Path) {
     fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
 }
 
+/// A registry behind basic auth (user `alice`, password `s3cret-pw`) that
+/// holds busybox as `base/busybox:1`. None, the test skipped, without
+/// docker-registry, skopeo or htpasswd.
+pub fn busybox_behind_auth(test: &str, scratch: &Path) -> Option<Registry> {
+    for tool in ["docker-registry", "skopeo", "htpasswd"] {
+        if !require::tool(test, tool) {
+            return None;
+        }
+    }
+    let reg = Registry::start_with_auth("alice", "s3cret-pw");
+    fixtures::push_busybox_as(&reg.addr, "base/busybox", "1", scratch, Some("alice:s3cret-pw"));
+    Some(reg)
+}
+
+/// Points DOCKER_CONFIG at `dir` (made if missing), for the whole process.
+pub fn use_docker_config(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    // SAFETY: callers are the only test in their binary; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("DOCKER_CONFIG", dir) };
+}
