@@ -15,9 +15,8 @@ use strata_tests::{fixtures, tools};
 
 #[test]
 fn authorization_expiring_mid_push_is_renewed() {
-    let scratch = tempfile::tempdir().unwrap();
+    let Some((scratch, reg)) = busybox_registry("authorization_expiring_mid_push_is_renewed", Some(("alice", "s3cret-pw"))) else { return };
     let s = scratch.path();
-    let Some(reg) = busybox_behind_auth("authorization_expiring_mid_push_is_renewed", s) else { return };
     let proxy = FaultProxy::start(&reg.addr);
     let docker_config = s.join("docker");
     fixtures::write_docker_config(&docker_config, &proxy.addr, "alice", "s3cret-pw");

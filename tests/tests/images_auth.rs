@@ -17,9 +17,8 @@ fn write_config(dir: &std::path::Path, registry: &str, user: &str, password: &st
 
 #[test]
 fn basic_auth_from_docker_config() {
-    let scratch = tempfile::tempdir().unwrap();
+    let Some((scratch, reg)) = busybox_registry("basic_auth_from_docker_config", Some(("alice", "s3cret-pw"))) else { return };
     let s = scratch.path();
-    let Some(reg) = busybox_behind_auth("basic_auth_from_docker_config", s) else { return };
     let base_ref = format!("{}/base/busybox:1", reg.addr);
     let docker_config = s.join("docker");
     use_docker_config(&docker_config);

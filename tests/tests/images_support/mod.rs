@@ -118,18 +118,25 @@ pub fn add_multi_platform_index(layout: &Path) {
     fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
 }
 
-/// A registry behind basic auth (user `alice`, password `s3cret-pw`) that
-/// holds busybox as `base/busybox:1`. None, the test skipped, without
-/// docker-registry, skopeo or htpasswd.
-pub fn busybox_behind_auth(test: &str, scratch: &Path) -> Option<Registry> {
-    for tool in ["docker-registry", "skopeo", "htpasswd"] {
-        if !require::tool(test, tool) {
-            return None;
-        }
+/// A registry holding busybox as `base/busybox:1` (behind basic auth when
+/// given `(user, password)`), and the scratch directory of the push. None,
+/// the test skipped, without docker-registry, skopeo (or htpasswd for auth).
+pub fn busybox_registry(test: &str, creds: Option<(&str, &str)>) -> Option<(tempfile::TempDir, Registry)> {
+    let mut tools = vec!["docker-registry", "skopeo"];
+    if creds.is_some() {
+        tools.push("htpasswd");
     }
-    let reg = Registry::start_with_auth("alice", "s3cret-pw");
-    fixtures::push_busybox_as(&reg.addr, "base/busybox", "1", scratch, Some("alice:s3cret-pw"));
-    Some(reg)
+    if !tools.iter().all(|tool| require::tool(test, tool)) {
+        return None;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let reg = match creds {
+        Some((user, password)) => Registry::start_with_auth(user, password),
+        None => Registry::start(),
+    };
+    let creds = creds.map(|(user, password)| format!("{user}:{password}"));
+    fixtures::push_busybox_as(&reg.addr, "base/busybox", "1", scratch.path(), creds.as_deref());
+    Some((scratch, reg))
 }
 
 /// Points DOCKER_CONFIG at `dir` (made if missing), for the whole process.
