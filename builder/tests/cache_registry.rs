@@ -21,8 +21,22 @@ fn registries() -> Arc<Registries> {
     Arc::new(Registries::new(&RegistryOptions::default()).unwrap())
 }
 
-fn needs_registry(test: &str) -> bool {
-    require::tool(test, "docker-registry") && require::tool(test, "skopeo")
+/// A fresh registry, its cache repository `HOST/app/cache`, and a scratch
+/// directory. None, the test skipped, without docker-registry or skopeo.
+fn cache_registry(test: &str) -> Option<(Registry, String, tempfile::TempDir)> {
+    if !require::tool(test, "docker-registry") || !require::tool(test, "skopeo") {
+        return None;
+    }
+    let registry = Registry::start();
+    let repo = format!("{}/app/cache", registry.addr);
+    Some((registry, repo, tempfile::tempdir().unwrap()))
+}
+
+/// One build of `steps`, into `store`, that fills the cache `opts`.
+fn fill(opts: &CacheOptions, steps: &[KeyInputs], store: &BlobStore) {
+    let cache = Cache::open(opts, &[], registries()).unwrap();
+    build(&cache, steps, store);
+    assert_eq!(cache.finish(), 0, "every background push succeeded");
 }
 
 /// A build against the cache: a miss makes and stores the step's layer; a hit
@@ -79,12 +93,7 @@ fn cold_then_warm(opts: &CacheOptions, destinations: &[ImageRef], tmp: &Path) ->
 
 #[test]
 fn registry_cache_cold_then_warm() {
-    if !needs_registry("registry_cache_cold_then_warm") {
-        return;
-    }
-    let registry = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = format!("{}/app/cache", registry.addr);
+    let Some((_registry, repo, tmp)) = cache_registry("registry_cache_cold_then_warm") else { return };
     let steps = cold_then_warm(&shared(&repo), &[], tmp.path());
 
     // Each layer is a one-layer image tagged with its key, as in kaniko.
@@ -95,11 +104,7 @@ fn registry_cache_cold_then_warm() {
 
 #[test]
 fn default_cache_repo_is_the_destination_repository_slash_cache() {
-    if !needs_registry("default_cache_repo_is_the_destination_repository_slash_cache") {
-        return;
-    }
-    let registry = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((registry, _, tmp)) = cache_registry("default_cache_repo_is_the_destination_repository_slash_cache") else { return };
     let dest = ImageRef::parse(&format!("{}/team/app:1.0", registry.addr)).unwrap();
     let opts = CacheOptions { cache: true, ..CacheOptions::default() };
     let steps = cold_then_warm(&opts, &[dest], tmp.path());
@@ -109,17 +114,10 @@ fn default_cache_repo_is_the_destination_repository_slash_cache() {
 
 #[test]
 fn registry_entries_expire_after_the_ttl() {
-    if !needs_registry("registry_entries_expire_after_the_ttl") {
-        return;
-    }
-    let registry = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = format!("{}/app/cache", registry.addr);
+    let Some((_registry, repo, tmp)) = cache_registry("registry_entries_expire_after_the_ttl") else { return };
     let steps = chain(2, "1");
     let store = BlobStore::new(tmp.path().join("b")).unwrap();
-    let cache = Cache::open(&shared(&repo), &[], registries()).unwrap();
-    build(&cache, &steps, &store);
-    assert_eq!(cache.finish(), 0);
+    fill(&shared(&repo), &steps, &store);
 
     std::thread::sleep(Duration::from_millis(1100));
     let opts = CacheOptions { cache_ttl: Duration::ZERO, ..shared(&repo) };
@@ -136,17 +134,10 @@ fn registry_entries_expire_after_the_ttl() {
 
 #[test]
 fn corrupt_registry_blob_is_never_used() {
-    if !needs_registry("corrupt_registry_blob_is_never_used") {
-        return;
-    }
-    let registry = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = format!("{}/app/cache", registry.addr);
+    let Some((registry, repo, tmp)) = cache_registry("corrupt_registry_blob_is_never_used") else { return };
     let steps = chain(1, "1");
     let store1 = BlobStore::new(tmp.path().join("b1")).unwrap();
-    let cache = Cache::open(&shared(&repo), &[], registries()).unwrap();
-    build(&cache, &steps, &store1);
-    assert_eq!(cache.finish(), 0);
+    fill(&shared(&repo), &steps, &store1);
 
     let store2 = BlobStore::new(tmp.path().join("b2")).unwrap();
     let cache = Cache::open(&shared(&repo), &[], registries()).unwrap();
@@ -215,7 +206,8 @@ fn concurrent_builds_push_to_one_oci_layout() {
 
 #[test]
 fn warmer_fills_the_cache_dir_for_offline_builds() {
-    if !needs_registry("warmer_fills_the_cache_dir_for_offline_builds") || !require::tool("warmer_fills_the_cache_dir_for_offline_builds", "busybox") {
+    let t = "warmer_fills_the_cache_dir_for_offline_builds";
+    if !require::tool(t, "docker-registry") || !require::tool(t, "skopeo") || !require::tool(t, "busybox") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -256,9 +248,7 @@ fn a_hit_applied_to_the_root_gives_the_step_files() {
     let opts = shared(&format!("oci:{}", layout.display()));
     let steps = chain(1, "1");
     let store = BlobStore::new(tmp.path().join("b1")).unwrap();
-    let cache = Cache::open(&opts, &[], registries()).unwrap();
-    build(&cache, &steps, &store);
-    assert_eq!(cache.finish(), 0);
+    fill(&opts, &steps, &store);
 
     let store = BlobStore::new(tmp.path().join("b2")).unwrap();
     let root = tmp.path().join("root");
@@ -332,12 +322,7 @@ fn empty_entry_round_trip(spec: &str, skopeo_ref: &dyn Fn(&str) -> String, skope
 
 #[test]
 fn a_step_without_a_layer_is_a_zero_layer_registry_entry() {
-    if !needs_registry("a_step_without_a_layer_is_a_zero_layer_registry_entry") {
-        return;
-    }
-    let registry = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = format!("{}/app/cache", registry.addr);
+    let Some((_registry, repo, tmp)) = cache_registry("a_step_without_a_layer_is_a_zero_layer_registry_entry") else { return };
     empty_entry_round_trip(&repo, &|tag| format!("docker://{repo}:{tag}"), &["--tls-verify=false"], tmp.path());
 }
 

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use strata_snapshotter::layer::{Compression, LayerOptions, write_layer};
+use strata_snapshotter::layer::write_layer;
 use strata_snapshotter::{ChangeSet, SnapshotMode, Snapshotter, StepKind};
 
 const MODES: [SnapshotMode; 3] = [SnapshotMode::Full, SnapshotMode::Redo, SnapshotMode::Fuse];
@@ -47,36 +47,9 @@ impl Outcome {
     }
 }
 
-fn plain() -> LayerOptions {
-    LayerOptions {
-        compression: Compression::None,
-        ..LayerOptions::default()
-    }
-}
-
 /// Runs one RUN step doing `change` on a fresh aged tree.
 fn detect(mode: SnapshotMode, change: impl Fn(&Path)) -> Outcome {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let applied = tmp.path().join("applied");
-    let blobs = tmp.path().join("blobs");
-    mkdir(&root, "");
-    mkdir(&applied, "");
-    setup(&root);
-    age(&root);
-
-    let all: BTreeSet<PathBuf> = walk(&root)
-        .into_iter()
-        .map(|(p, _)| p)
-        .filter(|p| !p.starts_with("proc"))
-        .collect();
-    let base = ChangeSet {
-        changed: all,
-        ..ChangeSet::default()
-    };
-    let blob = write_layer(&root, &base, &plain(), &blobs).unwrap();
-    apply_layer(&applied, &fs::read(&blob.path).unwrap());
-
+    let BaseTree { tmp, root, applied, blobs } = base_tree(setup, &["proc"]);
     let mut snapshotter = Snapshotter::new(&root, mode, vec!["/proc".into()]).unwrap();
     let start = snapshotter.begin_step(StepKind::Run).unwrap();
     if mode != SnapshotMode::Fuse {

@@ -6,34 +6,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use strata_snapshotter::fuse;
 
-fn fuse_available() -> bool {
-    let why = if unsafe { libc::geteuid() } != 0 {
-        Some("not root".to_string())
-    } else {
-        fuse::probe().err().map(|e| e.to_string())
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("FUSE test cannot run in CI: {why}"),
-        Some(why) => {
-            eprintln!("skipping FUSE test: {why}");
-            false
-        }
-    }
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(dir.to_str().unwrap()))
-        .map(String::from)
-        .collect()
-}
+mod common;
+use common::{fuse_available, mounts_under};
 
 fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::Builder::new().prefix("strata-fuse-cleanup").tempdir().unwrap();
@@ -119,20 +97,26 @@ fn child_holds_mount() {
     std::thread::sleep(std::time::Duration::from_secs(120));
 }
 
+/// Runs `child_holds_mount` in a new process on `base`; returns once it has mounted.
+fn spawn_holder(base: &Path) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["child_holds_mount", "--exact", "--nocapture", "--test-threads=1"])
+        .env("STRATA_FUSE_HOLD", base)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("mounted")), "child never mounted");
+    child
+}
+
 #[test]
 fn killed_server_gives_enotconn_and_cleanup_stale_removes_it() {
     if !fuse_available() {
         return;
     }
     let (tmp, _root, mnt) = dirs();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_holds_mount", "--exact", "--nocapture", "--test-threads=1"])
-        .env("STRATA_FUSE_HOLD", tmp.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.unwrap().contains("mounted")), "child never mounted");
+    let mut child = spawn_holder(tmp.path());
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
 
@@ -148,14 +132,7 @@ fn killed_server_gives_enotconn_and_cleanup_stale_removes_it() {
     // What every build does at start: a live mount (another build's) is left
     // alone, an abandoned one is removed wherever it is.
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_holds_mount", "--exact", "--nocapture", "--test-threads=1"])
-        .env("STRATA_FUSE_HOLD", tmp.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.unwrap().contains("mounted")), "child never mounted");
+    let mut child = spawn_holder(tmp.path());
     fuse::cleanup_abandoned().unwrap();
     assert_eq!(mounts_under(tmp.path()).len(), 1, "a live mount must be left alone");
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };

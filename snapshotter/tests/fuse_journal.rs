@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use strata_snapshotter::changeset::ChangeSet;
 use strata_snapshotter::fuse;
 
+mod common;
+use common::{fuse_available, mounts_under};
+
 // ---------------------------------------------------------------- oracle
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,23 +142,6 @@ fn oracle(before: &BTreeMap<PathBuf, Seen>, after: &BTreeMap<PathBuf, Seen>, exc
 
 // ---------------------------------------------------------------- harness
 
-/// Root and /dev/fuse available? Skips (returns false) only outside CI.
-fn fuse_available() -> bool {
-    let why = if unsafe { libc::geteuid() } != 0 {
-        Some("not root".to_string())
-    } else {
-        fuse::probe().err().map(|e| e.to_string())
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("FUSE test cannot run in CI: {why}"),
-        Some(why) => {
-            eprintln!("skipping FUSE test: {why}");
-            false
-        }
-    }
-}
-
 struct Dirs {
     tmp: tempfile::TempDir,
 }
@@ -177,12 +163,7 @@ impl Dirs {
 
 impl Drop for Dirs {
     fn drop(&mut self) {
-        let left: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains(self.tmp.path().to_str().unwrap()))
-            .map(String::from)
-            .collect();
+        let left = mounts_under(self.tmp.path());
         if !left.is_empty() {
             let _ = fuse::cleanup_stale(self.tmp.path());
             if !std::thread::panicking() {

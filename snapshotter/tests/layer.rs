@@ -58,6 +58,15 @@ fn rich_tree(root: &Path) {
     }
 }
 
+/// A scratch directory holding `root`, a [`rich_tree`].
+fn rich_root() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    mkdir(&root, "");
+    rich_tree(&root);
+    (tmp, root)
+}
+
 fn everything(root: &Path) -> ChangeSet {
     let changed: BTreeSet<PathBuf> = walk(root).into_iter().map(|(p, _)| p).collect();
     ChangeSet {
@@ -91,10 +100,7 @@ fn layer(
 
 #[test]
 fn entries_read_back_match_the_tree() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    mkdir(&root, "");
-    rich_tree(&root);
+    let (tmp, root) = rich_root();
     let (_, tar_bytes) = layer(
         &root,
         &everything(&root),
@@ -198,43 +204,18 @@ fn entries_read_back_match_the_tree() {
 
 #[test]
 fn same_bytes_on_one_and_two_threads() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    mkdir(&root, "");
-    rich_tree(&root);
+    let (tmp, root) = rich_root();
     let changes = everything(&root);
     for compression in [Compression::Gzip, Compression::Zstd, Compression::None] {
         let blobs = |n: usize| tmp.path().join(format!("blobs-{compression}-{n}"));
-        let one = layer(
-            &root,
-            &changes,
-            LayerOptions {
+        let [one, two, eight] = [1, 2, 8].map(|threads| {
+            let options = LayerOptions {
                 compression,
-                threads: 1,
+                threads,
                 ..LayerOptions::default()
-            },
-            &blobs(1),
-        );
-        let two = layer(
-            &root,
-            &changes,
-            LayerOptions {
-                compression,
-                threads: 2,
-                ..LayerOptions::default()
-            },
-            &blobs(2),
-        );
-        let eight = layer(
-            &root,
-            &changes,
-            LayerOptions {
-                compression,
-                threads: 8,
-                ..LayerOptions::default()
-            },
-            &blobs(8),
-        );
+            };
+            layer(&root, &changes, options, &blobs(threads))
+        });
         assert_eq!(one.0.digest, two.0.digest, "{compression}");
         assert_eq!(one.0.digest, eight.0.digest, "{compression}");
         assert_eq!(one.0.diff_id, two.0.diff_id, "{compression}");
@@ -248,10 +229,7 @@ fn same_bytes_on_one_and_two_threads() {
 
 #[test]
 fn gzip_is_one_member_readable_by_flate2() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    mkdir(&root, "");
-    rich_tree(&root);
+    let (tmp, root) = rich_root();
     let (blob, tar_bytes) = layer(
         &root,
         &everything(&root),
@@ -469,10 +447,7 @@ fn never_reads_through_a_symlink_out_of_the_root() {
 
 #[test]
 fn a_cancelled_layer_stops_and_keeps_no_blob() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    mkdir(&root, "");
-    rich_tree(&root);
+    let (tmp, root) = rich_root();
     let changes = everything(&root);
     let blobs = tmp.path().join("blobs");
     let cancel = std::sync::atomic::AtomicBool::new(true);

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use strata_snapshotter::layer::{Compression, LayerOptions, write_layer};
+use strata_snapshotter::layer::write_layer;
 use strata_snapshotter::{ChangeSet, SnapshotMode, Snapshotter, StepKind};
 
 /// A root, a copy of it rebuilt only from layers, and a snapshotter.
@@ -26,21 +26,7 @@ struct Build {
 
 impl Build {
     fn new(mode: SnapshotMode, setup: impl Fn(&Path)) -> Build {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("root");
-        let applied = tmp.path().join("applied");
-        let blobs = tmp.path().join("blobs");
-        mkdir(&root, "");
-        mkdir(&applied, "");
-        setup(&root);
-        age(&root);
-        let all: BTreeSet<PathBuf> = walk(&root).into_iter().map(|(p, _)| p).collect();
-        let base = ChangeSet {
-            changed: all,
-            ..ChangeSet::default()
-        };
-        let blob = write_layer(&root, &base, &options(), &blobs).unwrap();
-        apply_layer(&applied, &fs::read(&blob.path).unwrap());
+        let BaseTree { tmp, root, applied, blobs } = base_tree(setup, &[]);
         let snapshotter = Snapshotter::new(&root, mode, vec![]).unwrap();
         Build {
             _tmp: tmp,
@@ -60,7 +46,7 @@ impl Build {
         let written = change(&start.dir);
         self.snapshotter.declare_written(written);
         let changes = self.snapshotter.finish_step().unwrap();
-        let blob = write_layer(&self.root, &changes, &options(), &self.blobs).unwrap();
+        let blob = write_layer(&self.root, &changes, &plain(), &self.blobs).unwrap();
         let tar = fs::read(&blob.path).unwrap();
         self.layers.push(entry_names(&tar));
         apply_layer(&self.applied, &tar);
@@ -75,13 +61,6 @@ impl Build {
 
     fn last_layer(&self) -> &[String] {
         self.layers.last().unwrap()
-    }
-}
-
-fn options() -> LayerOptions {
-    LayerOptions {
-        compression: Compression::None,
-        ..LayerOptions::default()
     }
 }
 

@@ -84,13 +84,7 @@ fn kaniko_context_dot_with_docker_config_credentials() {
     }
     let registry = Registry::start_with_auth("ci", "t0ken");
     let s = tempfile::tempdir().unwrap();
-    let layout = s.path().join("busybox-layout");
-    fixtures::busybox_layout(&layout);
-    tools::skopeo_copy(
-        &format!("oci:{}:latest", layout.display()),
-        &format!("docker://{}/base/busybox:1", registry.addr),
-        &["--dest-tls-verify=false", "--dest-creds=ci:t0ken"],
-    );
+    fixtures::push_busybox_as(&registry.addr, "base/busybox", "1", s.path(), Some("ci:t0ken"));
     let dir = s.path().join("project");
     instantiate(&fixture("kaniko/git-app"), &dir, &registry.addr);
     let docker = s.path().join("kaniko/.docker");

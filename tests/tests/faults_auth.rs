@@ -11,24 +11,16 @@ use strata_builder::image::options::RegistryOptions;
 use strata_builder::image::store::BlobStore;
 use strata_builder::image::{BuiltImage, deliver, resolve_base};
 use strata_tests::faultproxy::{Fault, FaultProxy, Rule};
-use strata_tests::registry::Registry;
-use strata_tests::{fixtures, require, tools};
+use strata_tests::{fixtures, tools};
 
 #[test]
 fn authorization_expiring_mid_push_is_renewed() {
-    let t = "authorization_expiring_mid_push_is_renewed";
-    if !require::tool(t, "docker-registry") || !require::tool(t, "skopeo") || !require::tool(t, "htpasswd") {
-        return;
-    }
-    let scratch = tempfile::tempdir().unwrap();
+    let Some((scratch, reg)) = busybox_registry("authorization_expiring_mid_push_is_renewed", Some(("alice", "s3cret-pw"))) else { return };
     let s = scratch.path();
-    let reg = Registry::start_with_auth("alice", "s3cret-pw");
-    fixtures::push_busybox_as(&reg.addr, "base/busybox", "1", s, Some("alice:s3cret-pw"));
     let proxy = FaultProxy::start(&reg.addr);
     let docker_config = s.join("docker");
     fixtures::write_docker_config(&docker_config, &proxy.addr, "alice", "s3cret-pw");
-    // SAFETY: the only test in this binary; nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("DOCKER_CONFIG", &docker_config) };
+    use_docker_config(&docker_config);
 
     let store = BlobStore::new(s.join("store")).unwrap();
     let opts = RegistryOptions::default();

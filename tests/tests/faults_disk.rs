@@ -43,6 +43,22 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A no-push build of `context` on the base image, writing its `output`
+/// (flag, path) and working in `kaniko_dir`.
+fn build_args(s: &Scratch, context: &Path, output: (&str, &Path), kaniko_dir: &Path) -> Vec<String> {
+    args(&[
+        "--context",
+        context.to_str().unwrap(),
+        "--build-context",
+        &s.base_context(),
+        "--no-push",
+        output.0,
+        output.1.to_str().unwrap(),
+        "--kaniko-dir",
+        kaniko_dir.to_str().unwrap(),
+    ])
+}
+
 fn fails_with_enospc(a: &[String], cwd: &Path, expect: &[&str]) -> String {
     let out = strata(a, cwd, &[]);
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -72,17 +88,7 @@ fn full_disk_fails_clearly_and_leaves_nothing() {
     {
         let work = Tmpfs::mount(s.path(), "small-work", "64m");
         let layout = s.path().join("layout");
-        let a = args(&[
-            "--context",
-            context.to_str().unwrap(),
-            "--build-context",
-            &s.base_context(),
-            "--no-push",
-            "--oci-layout-path",
-            layout.to_str().unwrap(),
-            "--kaniko-dir",
-            work.path.to_str().unwrap(),
-        ]);
+        let a = build_args(&s, &context, ("--oci-layout-path", &layout), &work.path);
         let error = fails_with_enospc(&a, &context, &[]);
         println!("work dir full: {error}");
         assert!(
@@ -99,17 +105,7 @@ fn full_disk_fails_clearly_and_leaves_nothing() {
     for (flag, name) in [("--tar-path", "image.tar"), ("--oci-layout-path", "layout")] {
         let out = Tmpfs::mount(s.path(), "small-out", "16m");
         let target = out.path.join(name);
-        let a = args(&[
-            "--context",
-            context.to_str().unwrap(),
-            "--build-context",
-            &s.base_context(),
-            "--no-push",
-            flag,
-            target.to_str().unwrap(),
-            "--kaniko-dir",
-            s.work().to_str().unwrap(),
-        ]);
+        let a = build_args(&s, &context, (flag, &target), &s.work());
         let error = fails_with_enospc(&a, &context, &[flag]);
         println!("{flag} full: {error}");
         assert!(out.entries().is_empty(), "{flag}: left on the full disk: {:?}", out.entries());

@@ -13,22 +13,11 @@ use strata_builder::image::options::RegistryOptions;
 use strata_builder::image::store::BlobStore;
 use strata_builder::image::{BaseImage, BuiltImage, deliver, resolve_base};
 use strata_tests::faultproxy::{Fault, FaultProxy, Rule};
-use strata_tests::registry::Registry;
-use strata_tests::{fixtures, require, tools};
+use strata_tests::tools;
 
 const MANIFEST: &str = r"^/v2/base/busybox/manifests/1$";
 const BLOBS: &str = r"^/v2/base/busybox/blobs/sha256:";
 const UPLOADS: &str = r"/blobs/uploads/";
-
-fn setup(test: &str) -> Option<(tempfile::TempDir, Registry)> {
-    if !require::tool(test, "docker-registry") || !require::tool(test, "skopeo") {
-        return None;
-    }
-    let scratch = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    fixtures::push_busybox(&reg.addr, "base/busybox", "1", scratch.path());
-    Some((scratch, reg))
-}
 
 fn pull(proxy: &FaultProxy, store: &BlobStore, retries: u32) -> anyhow::Result<BaseImage> {
     let opts = RegistryOptions { image_download_retry: retries, ..Default::default() };
@@ -59,7 +48,7 @@ fn one_line(err: &anyhow::Error) -> String {
 
 #[test]
 fn server_errors_are_retried_on_pull_and_push() {
-    let Some((scratch, reg)) = setup("server_errors_are_retried_on_pull_and_push") else { return };
+    let Some((scratch, reg)) = busybox_registry("server_errors_are_retried_on_pull_and_push", None) else { return };
     for code in [500, 502, 503] {
         let proxy = FaultProxy::start(&reg.addr);
         let store = BlobStore::new(scratch.path().join(format!("store-{code}"))).unwrap();
@@ -91,7 +80,7 @@ fn server_errors_are_retried_on_pull_and_push() {
 
 #[test]
 fn retry_after_is_honoured() {
-    let Some((scratch, reg)) = setup("retry_after_is_honoured") else { return };
+    let Some((scratch, reg)) = busybox_registry("retry_after_is_honoured", None) else { return };
     let proxy = FaultProxy::start(&reg.addr);
     let store = BlobStore::new(scratch.path().join("store")).unwrap();
 
@@ -128,7 +117,7 @@ fn retry_after_is_honoured() {
 
 #[test]
 fn resets_and_truncated_blobs_are_retried() {
-    let Some((scratch, reg)) = setup("resets_and_truncated_blobs_are_retried") else { return };
+    let Some((scratch, reg)) = busybox_registry("resets_and_truncated_blobs_are_retried", None) else { return };
     let proxy = FaultProxy::start(&reg.addr);
     // Slow is not an error: the pull just takes longer.
     let store = BlobStore::new(scratch.path().join("slow")).unwrap();
@@ -168,7 +157,7 @@ fn resets_and_truncated_blobs_are_retried() {
 
 #[test]
 fn corrupted_blob_is_rejected_and_never_kept() {
-    let Some((scratch, reg)) = setup("corrupted_blob_is_rejected_and_never_kept") else { return };
+    let Some((scratch, reg)) = busybox_registry("corrupted_blob_is_rejected_and_never_kept", None) else { return };
     let proxy = FaultProxy::start(&reg.addr);
     let clean = BlobStore::new(scratch.path().join("clean")).unwrap();
     let layer = pull(&proxy, &clean, 0).unwrap().layers[0].digest.clone();
@@ -184,7 +173,7 @@ fn corrupted_blob_is_rejected_and_never_kept() {
 
 #[test]
 fn push_resumes_and_does_not_resend_present_layers() {
-    let Some((scratch, reg)) = setup("push_resumes_and_does_not_resend_present_layers") else { return };
+    let Some((scratch, reg)) = busybox_registry("push_resumes_and_does_not_resend_present_layers", None) else { return };
     let proxy = FaultProxy::start(&reg.addr);
     let store = BlobStore::new(scratch.path().join("store")).unwrap();
     let base = pull(&proxy, &store, 0).unwrap();
@@ -236,7 +225,7 @@ fn push_resumes_and_does_not_resend_present_layers() {
 
 #[test]
 fn failed_push_leaves_the_tag_as_it_was() {
-    let Some((scratch, reg)) = setup("failed_push_leaves_the_tag_as_it_was") else { return };
+    let Some((scratch, reg)) = busybox_registry("failed_push_leaves_the_tag_as_it_was", None) else { return };
     let proxy = FaultProxy::start(&reg.addr);
     let store = BlobStore::new(scratch.path().join("store")).unwrap();
     let base = pull(&proxy, &store, 0).unwrap();

@@ -9,8 +9,7 @@ use images_support::*;
 use strata_builder::image::options::RegistryOptions;
 use strata_builder::image::store::BlobStore;
 use strata_builder::image::{deliver, resolve_base};
-use strata_tests::registry::Registry;
-use strata_tests::{fixtures, require, tools};
+use strata_tests::{fixtures, tools};
 
 fn write_config(dir: &std::path::Path, registry: &str, user: &str, password: &str) {
     fixtures::write_docker_config(dir, &format!("http://{registry}/v2/"), user, password);
@@ -18,19 +17,11 @@ fn write_config(dir: &std::path::Path, registry: &str, user: &str, password: &st
 
 #[test]
 fn basic_auth_from_docker_config() {
-    let t = "basic_auth_from_docker_config";
-    if !require::tool(t, "docker-registry") || !require::tool(t, "skopeo") || !require::tool(t, "htpasswd") {
-        return;
-    }
-    let scratch = tempfile::tempdir().unwrap();
+    let Some((scratch, reg)) = busybox_registry("basic_auth_from_docker_config", Some(("alice", "s3cret-pw"))) else { return };
     let s = scratch.path();
-    let reg = Registry::start_with_auth("alice", "s3cret-pw");
-    fixtures::push_busybox_as(&reg.addr, "base/busybox", "1", s, Some("alice:s3cret-pw"));
     let base_ref = format!("{}/base/busybox:1", reg.addr);
     let docker_config = s.join("docker");
-    std::fs::create_dir(&docker_config).unwrap();
-    // SAFETY: the only test in this binary; nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("DOCKER_CONFIG", &docker_config) };
+    use_docker_config(&docker_config);
     let opts = RegistryOptions::default();
 
     // No credentials: refused.

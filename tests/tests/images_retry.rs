@@ -16,8 +16,6 @@ use images_support::*;
 use strata_builder::image::options::RegistryOptions;
 use strata_builder::image::store::BlobStore;
 use strata_builder::image::{deliver, resolve_base};
-use strata_tests::registry::Registry;
-use strata_tests::{fixtures, require};
 
 /// Answers the first `failures` connections with `status`, then forwards to `upstream`.
 struct FlakyProxy {
@@ -102,14 +100,8 @@ impl Drop for FlakyProxy {
 
 #[test]
 fn transient_errors_are_retried() {
-    let t = "transient_errors_are_retried";
-    if !require::tool(t, "docker-registry") || !require::tool(t, "skopeo") {
-        return;
-    }
-    let scratch = tempfile::tempdir().unwrap();
+    let Some((scratch, reg)) = busybox_registry("transient_errors_are_retried", None) else { return };
     let s = scratch.path();
-    let reg = Registry::start();
-    fixtures::push_busybox(&reg.addr, "base/busybox", "1", s);
 
     for status in ["503 Service Unavailable", "429 Too Many Requests"] {
         let proxy = FlakyProxy::start(&reg.addr, status);
@@ -138,14 +130,8 @@ fn transient_errors_are_retried() {
 
 #[test]
 fn base_layers_are_mounted_not_uploaded() {
-    let t = "base_layers_are_mounted_not_uploaded";
-    if !require::tool(t, "docker-registry") || !require::tool(t, "skopeo") {
-        return;
-    }
-    let scratch = tempfile::tempdir().unwrap();
+    let Some((scratch, reg)) = busybox_registry("base_layers_are_mounted_not_uploaded", None) else { return };
     let s = scratch.path();
-    let reg = Registry::start();
-    fixtures::push_busybox(&reg.addr, "base/busybox", "1", s);
     let proxy = FlakyProxy::start(&reg.addr, "503 Service Unavailable");
     let store = BlobStore::new(s.join("store")).unwrap();
     let opts = RegistryOptions::default();

@@ -397,14 +397,17 @@ fn node_from_line_at(line: &str, escape: char, depth: usize) -> Result<Node, Lin
     Ok(node)
 }
 
+/// Where the word splitters below are in a line: between words, in a word,
+/// or inside a quote opened by the char.
+#[derive(PartialEq)]
+enum Phase {
+    Spaces,
+    Word,
+    Quote(char),
+}
+
 /// Splits off the leading `--flag` words (BuildKit's `extractBuilderFlags`).
 fn extract_flags(line: &str) -> (String, Vec<String>) {
-    #[derive(PartialEq)]
-    enum Phase {
-        Spaces,
-        Word,
-        Quote(char),
-    }
     let chars: Vec<(usize, char)> = line.char_indices().collect();
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
@@ -528,12 +531,6 @@ fn parse_maybe_json(rest: &str) -> Result<(Vec<String>, bool), LineError> {
 
 /// Splits on white space keeping quotes and escapes as written (BuildKit's `parseWords`).
 pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
-    #[derive(PartialEq)]
-    enum Phase {
-        Spaces,
-        Word,
-        Quote(char),
-    }
     let chars: Vec<char> = rest.chars().collect();
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;

@@ -326,6 +326,24 @@ impl Fs {
         Ok(())
     }
 
+    /// Runs `op` (setxattr or removexattr on the inode's /proc path and the
+    /// attribute's name) once the inode's metadata change is journalled.
+    fn change_xattr(&self, ino: INodeNo, name: &OsStr, reply: ReplyEmpty, op: impl FnOnce(&CStr, &CStr) -> libc::c_int) {
+        let _g = self.guard();
+        let r = (|| {
+            let node = self.node(ino)?;
+            let cname = name_c(name)?;
+            self.touch_inode(&node, false, None)?;
+            let handle = self.handle(&node, None)?;
+            let proc = sys::proc_path(handle.fd().as_raw_fd());
+            cvt(op(&proc, &cname)).map(drop)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn lookup_node(&self, parent: &Node, name: &CStr, created: bool) -> Res<(Arc<Node>, libc::stat)> {
         let st = sys::stat_at(parent.dir_fd().map_err(errno)?, name).map_err(errno)?;
         let node = self.shared.nodes.lookup(parent, name, &st, created).map_err(errno)?;
@@ -888,19 +906,9 @@ impl Filesystem for Fs {
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        let _g = self.guard();
-        let r = (|| {
-            let node = self.node(ino)?;
-            let cname = name_c(name)?;
-            self.touch_inode(&node, false, None)?;
-            let handle = self.handle(&node, None)?;
-            let proc = sys::proc_path(handle.fd().as_raw_fd());
-            cvt(unsafe { libc::setxattr(proc.as_ptr(), cname.as_ptr(), value.as_ptr().cast(), value.len(), flags) }).map(drop)
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.change_xattr(ino, name, reply, |proc, cname| unsafe {
+            libc::setxattr(proc.as_ptr(), cname.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -920,19 +928,7 @@ impl Filesystem for Fs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _g = self.guard();
-        let r = (|| {
-            let node = self.node(ino)?;
-            let cname = name_c(name)?;
-            self.touch_inode(&node, false, None)?;
-            let handle = self.handle(&node, None)?;
-            let proc = sys::proc_path(handle.fd().as_raw_fd());
-            cvt(unsafe { libc::removexattr(proc.as_ptr(), cname.as_ptr()) }).map(drop)
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.change_xattr(ino, name, reply, |proc, cname| unsafe { libc::removexattr(proc.as_ptr(), cname.as_ptr()) });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

@@ -30,6 +30,33 @@ pub fn have_root(test: &str) -> bool {
     false
 }
 
+/// Root and /dev/fuse available? Skips (returns false) only outside CI.
+pub fn fuse_available() -> bool {
+    let why = if unsafe { libc::geteuid() } != 0 {
+        Some("not root".to_string())
+    } else {
+        strata_snapshotter::fuse::probe().err().map(|e| e.to_string())
+    };
+    match why {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("FUSE test cannot run in CI: {why}"),
+        Some(why) => {
+            eprintln!("skipping FUSE test: {why}");
+            false
+        }
+    }
+}
+
+/// The lines of /proc/self/mountinfo that name something under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(dir.to_str().unwrap()))
+        .map(String::from)
+        .collect()
+}
+
 pub fn write(root: &Path, rel: &str, data: &[u8]) {
     let path = root.join(rel);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -226,4 +253,43 @@ pub fn read_all(path: &Path) -> Vec<u8> {
     let mut v = Vec::new();
     fs::File::open(path).unwrap().read_to_end(&mut v).unwrap();
     v
+}
+
+/// Uncompressed layers, so that tests can read them back as tar.
+pub fn plain() -> strata_snapshotter::layer::LayerOptions {
+    strata_snapshotter::layer::LayerOptions {
+        compression: strata_snapshotter::layer::Compression::None,
+        ..Default::default()
+    }
+}
+
+/// A tree a build starts from, and its copy made only from a layer.
+pub struct BaseTree {
+    pub tmp: tempfile::TempDir,
+    /// Made by `setup`, then aged.
+    pub root: PathBuf,
+    /// Rebuilt from one layer of everything in `root` but what is under `skip`.
+    pub applied: PathBuf,
+    /// Where layers are written.
+    pub blobs: PathBuf,
+}
+
+pub fn base_tree(setup: impl Fn(&Path), skip: &[&str]) -> BaseTree {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let applied = tmp.path().join("applied");
+    let blobs = tmp.path().join("blobs");
+    mkdir(&root, "");
+    mkdir(&applied, "");
+    setup(&root);
+    age(&root);
+    let all = walk(&root)
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| !skip.iter().any(|s| p.starts_with(s)))
+        .collect();
+    let base = strata_snapshotter::ChangeSet { changed: all, ..Default::default() };
+    let blob = strata_snapshotter::layer::write_layer(&root, &base, &plain(), &blobs).unwrap();
+    apply_layer(&applied, &fs::read(&blob.path).unwrap());
+    BaseTree { tmp, root, applied, blobs }
 }

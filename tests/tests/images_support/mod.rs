@@ -11,7 +11,7 @@ use strata_builder::image::digest::Digest;
 use strata_builder::image::options::{OutputOptions, PlatformSpec, RegistryOptions};
 use strata_builder::image::store::BlobStore;
 use strata_builder::image::{BaseImage, BuiltImage, LayerDescriptor, resolve_base};
-use strata_tests::fixtures;
+use strata_tests::{fixtures, require};
 use strata_tests::registry::Registry;
 
 pub fn amd64() -> Platform {
@@ -118,3 +118,30 @@ pub fn add_multi_platform_index(layout: &Path) {
     fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
 }
 
+/// A registry holding busybox as `base/busybox:1` (behind basic auth when
+/// given `(user, password)`), and the scratch directory of the push. None,
+/// the test skipped, without docker-registry, skopeo (or htpasswd for auth).
+pub fn busybox_registry(test: &str, creds: Option<(&str, &str)>) -> Option<(tempfile::TempDir, Registry)> {
+    let mut tools = vec!["docker-registry", "skopeo"];
+    if creds.is_some() {
+        tools.push("htpasswd");
+    }
+    if !tools.iter().all(|tool| require::tool(test, tool)) {
+        return None;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let reg = match creds {
+        Some((user, password)) => Registry::start_with_auth(user, password),
+        None => Registry::start(),
+    };
+    let creds = creds.map(|(user, password)| format!("{user}:{password}"));
+    fixtures::push_busybox_as(&reg.addr, "base/busybox", "1", scratch.path(), creds.as_deref());
+    Some((scratch, reg))
+}
+
+/// Points DOCKER_CONFIG at `dir` (made if missing), for the whole process.
+pub fn use_docker_config(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    // SAFETY: callers are the only test in their binary; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("DOCKER_CONFIG", dir) };
+}

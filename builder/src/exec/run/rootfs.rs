@@ -101,6 +101,23 @@ pub(crate) struct Created {
     parent_times: Option<([libc::timespec; 2], libc::timespec)>,
 }
 
+impl Created {
+    /// `path`, just made in `parent`, whose times were `before` it was made.
+    fn new(
+        path: String,
+        kind: Kind,
+        parent: &OwnedFd,
+        before: Option<[libc::timespec; 2]>,
+    ) -> Created {
+        let parent_times = before.zip(times_of(parent).map(|t| t[1]));
+        Created {
+            path,
+            kind,
+            parent_times,
+        }
+    }
+}
+
 fn times_of(fd: &OwnedFd) -> Option<[libc::timespec; 2]> {
     let st = nix::sys::stat::fstat(fd).ok()?;
     Some([
@@ -198,6 +215,22 @@ impl RootDir {
         Ok(())
     }
 
+    /// `path`'s components, once its missing parents are made (recorded);
+    /// `path` being the root is an error, `if_root`.
+    fn ensure_parents(
+        &self,
+        path: &str,
+        if_root: &'static str,
+        created: &mut Vec<Created>,
+    ) -> io::Result<Vec<String>> {
+        let comps = components(path);
+        if comps.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, if_root));
+        }
+        self.ensure_dirs(&join_abs(&comps[..comps.len() - 1]), created)?;
+        Ok(comps)
+    }
+
     /// Makes sure `path` exists as `kind` (a mountpoint), creating missing
     /// parents as directories; returns whether anything was created.
     pub fn ensure_mountpoint(
@@ -206,14 +239,7 @@ impl RootDir {
         kind: Kind,
         created: &mut Vec<Created>,
     ) -> io::Result<()> {
-        let comps = components(path);
-        if comps.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "cannot mount over the root itself",
-            ));
-        }
-        self.ensure_dirs(&join_abs(&comps[..comps.len() - 1]), created)?;
+        let comps = self.ensure_parents(path, "cannot mount over the root itself", created)?;
         self.ensure_entry(
             &comps,
             kind,
@@ -314,12 +340,7 @@ impl RootDir {
             }
             return Err(io::Error::new(e.kind(), format!("creating {path}: {e}")));
         }
-        let parent_times = before.zip(times_of(&parent).map(|t| t[1]));
-        created.push(Created {
-            path,
-            kind,
-            parent_times,
-        });
+        created.push(Created::new(path, kind, &parent, before));
         Ok(())
     }
 
@@ -333,14 +354,7 @@ impl RootDir {
         gid: u32,
         created: &mut Vec<Created>,
     ) -> io::Result<()> {
-        let comps = components(path);
-        if comps.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a file cannot be the root",
-            ));
-        }
-        self.ensure_dirs(&join_abs(&comps[..comps.len() - 1]), created)?;
+        let comps = self.ensure_parents(path, "a file cannot be the root", created)?;
         let before = created.len();
         self.ensure_entry(&comps, Kind::File, 0o600, created)?;
         if created.len() == before {
@@ -447,12 +461,7 @@ impl RootDir {
             format!("/proc/self/fd/{}", node.as_raw_fd()),
             std::os::unix::fs::PermissionsExt::from_mode(mode),
         );
-        let parent_times = before.zip(times_of(&parent).map(|t| t[1]));
-        created.push(Created {
-            path: join_abs(&comps),
-            kind: Kind::File,
-            parent_times,
-        });
+        created.push(Created::new(join_abs(&comps), Kind::File, &parent, before));
         Ok(())
     }
 
