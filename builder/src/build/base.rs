@@ -115,14 +115,13 @@ pub fn base_image(
         && let Some(r) = &reference
         && name != "scratch"
     {
-        let base =
-            crate::image::resolve::pull_config(r, &build.args.registry, &build.store, platform)?;
+        let base = crate::image::resolve::pull_config(&build.session, r, &build.store, platform)?;
         return Ok(Unextracted::Unfetched(base));
     }
-    let base = crate::image::resolve_base(
+    let base = crate::image::resolve_base_in(
+        &build.session,
         name,
         &build.args.input.build_contexts,
-        &build.args.registry,
         &build.store,
         platform,
     )?;
@@ -136,7 +135,7 @@ pub fn base_image(
 /// in `--cache-dir`.
 fn fetch_base_layers(build: &Build, base: &UnfetchedBase) -> Result<()> {
     let t = Instant::now();
-    crate::image::resolve::fetch_layers(base, &build.args.registry, &build.store)
+    crate::image::resolve::fetch_layers(&build.session, base, &build.store)
         .with_context(|| format!("downloading the layers of {}", base.image.reference))?;
     tracing::info!(
         "Downloaded the {} layer(s) of {} in {:.2}s",
@@ -158,18 +157,17 @@ fn fetch_base_layers(build: &Build, base: &UnfetchedBase) -> Result<()> {
 pub fn provide_for_delivery(
     base: &crate::image::resolve::UnfetchedBase,
     out: &crate::image::options::OutputOptions,
-    reg: &crate::image::options::RegistryOptions,
+    session: &crate::image::Session,
     into: &crate::image::store::BlobStore,
 ) -> Result<()> {
     let Some((local_output, destinations)) = out.layer_needs()? else { return Ok(()) };
     let image = &base.image;
-    let registries = crate::image::registry::Registries::new(reg)?;
-    let rt = crate::image::resolve::runtime()?;
+    let registries = session.registries();
     let absent: Vec<_> = image.layers.iter().filter(|l| !into.contains(&l.digest)).collect();
     let mounted = !local_output
         && image.registry_ref.as_ref().is_some_and(|source| {
             absent.iter().all(|l| {
-                destinations.iter().all(|dest| matches!(rt.block_on(registries.mount_blob(dest, l, source)), Ok(true)))
+                destinations.iter().all(|dest| matches!(session.block_on(registries.mount_blob(dest, l, source)), Ok(true)))
             })
         });
     if mounted {
@@ -177,7 +175,7 @@ pub fn provide_for_delivery(
         return Ok(());
     }
     let t = std::time::Instant::now();
-    rt.block_on(crate::image::resolve::fetch_layers_async(&registries, base, into))
+    crate::image::resolve::fetch_layers(session, base, into)
         .with_context(|| format!("downloading the layers of {}", image.reference))?;
     tracing::info!("Downloaded the {} layer(s) of {} for the outputs in {:.2}s", image.layers.len(), image.reference, t.elapsed().as_secs_f64());
     Ok(())
