@@ -37,6 +37,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::cli::BuildArgs;
 use crate::exec::context::{BuildContext, ContextSource, GitOptions};
 use crate::exec::run::Isolation;
+use crate::image::Session;
 use crate::image::deliver::{BuiltImage, LayerDescriptor};
 use crate::image::store::BlobStore;
 use crate::plan::{self, BuildPlan, PlanOptions};
@@ -69,6 +70,8 @@ pub struct Build {
     finished: Condvar,
     cancelled: Arc<AtomicBool>,
     pub(crate) images: sources::ImageRoots,
+    /// The build's one registry session, shared with the cache.
+    pub session: Arc<Session>,
     /// The layer cache (`--cache`, `--cache-dir`, `--cache-repo`).
     pub cache: crate::cache::Cache,
     /// Set when the stages are built in the container's own root.
@@ -174,9 +177,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let names: Vec<String> = plan.stages.iter().map(stage::stage_title).collect();
     tracing::info!("Building {} stage(s): {}", plan.stages.len(), names.join(", "));
 
-    let registries = Arc::new(crate::image::registry::Registries::new(&args.registry)?);
-    let cache = crate::cache::Cache::open(&args.cache, &args.output.destination_refs()?, registries)?;
+    let session = Arc::new(Session::new(&args.registry)?);
+    let cache = crate::cache::Cache::open(&args.cache, &args.output.destination_refs()?, session.clone())?;
     let mut build = Build {
+        session,
         cache,
         args,
         settings,
@@ -201,9 +205,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
     stage::finalize_config(&build, &mut image)?;
     build.cache.provide_for_delivery(&target.lazy_hits, &build.args.output, &build.store)?;
     if let Some(base) = &target.lazy_base {
-        base::provide_for_delivery(base, &build.args.output, &build.args.registry, &build.store)?;
+        base::provide_for_delivery(base, &build.args.output, &build.session, &build.store)?;
     }
-    let delivered = crate::image::deliver(&image, &build.args.output, &build.args.registry, &build.store)?;
+    let delivered = crate::image::deliver_in(&build.session, &image, &build.args.output, &build.store)?;
     let failed_pushes = build.cache.finish();
     if failed_pushes > 0 {
         tracing::warn!("{failed_pushes} cache layer push(es) failed; the next build will run those steps again");

@@ -17,13 +17,13 @@ use strata_builder::cache::keys::hash_sources;
 use strata_builder::cache::{Cache, CacheOptions, HitSource, LocalCache, LocalLookup, Lookup, StepKind};
 use strata_builder::exec::copy::{Excluder, NothingExcluded};
 use strata_builder::image::options::RegistryOptions;
-use strata_builder::image::registry::Registries;
+use strata_builder::image::Session;
 use strata_builder::image::store::BlobStore;
 
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
-fn registries() -> Arc<Registries> {
-    Arc::new(Registries::new(&RegistryOptions::default()).unwrap())
+fn session() -> Arc<Session> {
+    Arc::new(Session::new(&RegistryOptions::default()).unwrap())
 }
 
 fn local_opts(dir: &Path) -> CacheOptions {
@@ -77,14 +77,14 @@ fn warm_rebuild_hits_every_step_with_the_same_layers() {
     let steps = chain(5, "1");
 
     let store1 = BlobStore::new(tmp.path().join("build1")).unwrap();
-    let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+    let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
     let (cold, layers1) = build(&cache, &steps, &store1);
     assert_eq!(hits(&cold), vec![false; 5]);
     assert!(miss_reason(&cold[0]).contains("no earlier build"), "{:?}", cold[0]);
     assert_eq!(cache.finish(), 0);
 
     let store2 = BlobStore::new(tmp.path().join("build2")).unwrap();
-    let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+    let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
     let (warm, layers2) = build(&cache, &steps, &store2);
     assert_eq!(hits(&warm), vec![true; 5]);
     assert!(warm.iter().all(|o| matches!(o, Lookup::Hit(h) if h.source == HitSource::Local)));
@@ -98,14 +98,14 @@ fn a_changed_build_arg_misses_from_its_first_user_and_says_why() {
     let cache_dir = tmp.path().join("cache");
     let store = BlobStore::new(tmp.path().join("blobs")).unwrap();
     let mut steps = chain(4, "1");
-    build(&Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap(), &steps, &store);
+    build(&Cache::open(&local_opts(&cache_dir), &[], session()).unwrap(), &steps, &store);
 
     // Step 2 is the first to see the changed arg; the later ones chain on it.
     steps[2].args.insert("VERSION".into(), "2".into());
     for i in 3..4 {
         steps[i].parent = Some(steps[i - 1].key());
     }
-    let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+    let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
     let (outcomes, _) = build(&cache, &steps, &store);
     assert_eq!(hits(&outcomes), vec![true, true, false, false]);
     assert_eq!(miss_reason(&outcomes[2]), "build arg VERSION changed");
@@ -118,14 +118,14 @@ fn copy_layers_follow_cache_copy_layers() {
     let store = BlobStore::new(tmp.path().join("blobs")).unwrap();
     let mut step = chain(1, "1").remove(0);
     step.kind = StepKind::Copy;
-    let off = Cache::open(&local_opts(&tmp.path().join("c")), &[], registries()).unwrap();
+    let off = Cache::open(&local_opts(&tmp.path().join("c")), &[], session()).unwrap();
     let layer = make_layer(&store, "f", b"x");
     off.store("copy", &step, &layer, &store).unwrap();
     assert!(miss_reason(&off.lookup("copy", &step, &store)).contains("--cache-copy-layers"));
     let on = Cache::open(
         &CacheOptions { cache_copy_layers: true, ..local_opts(&tmp.path().join("c")) },
         &[],
-        registries(),
+        session(),
     )
     .unwrap();
     on.store("copy", &step, &layer, &store).unwrap();
@@ -138,7 +138,7 @@ fn expired_entries_miss_and_are_pruned() {
     let cache_dir = tmp.path().join("cache");
     let store = BlobStore::new(tmp.path().join("blobs")).unwrap();
     let steps = chain(2, "1");
-    build(&Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap(), &steps, &store);
+    build(&Cache::open(&local_opts(&cache_dir), &[], session()).unwrap(), &steps, &store);
 
     // Age step 0's record by three weeks, beyond the default two-week TTL.
     let record_path = cache_dir.join("layers").join(format!("{}.json", steps[0].key()));
@@ -168,7 +168,7 @@ fn corrupt_blob_is_detected_removed_and_rebuilt() {
     let cache_dir = tmp.path().join("cache");
     let steps = chain(2, "1");
     let store1 = BlobStore::new(tmp.path().join("b1")).unwrap();
-    let (_, layers) = build(&Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap(), &steps, &store1);
+    let (_, layers) = build(&Cache::open(&local_opts(&cache_dir), &[], session()).unwrap(), &steps, &store1);
 
     // Flip bytes in the cached blob of step 1 (a copy, not the build's store).
     let hex = layers[1].strip_prefix("sha256:").unwrap();
@@ -179,7 +179,7 @@ fn corrupt_blob_is_detected_removed_and_rebuilt() {
     fs::write(&blob, &bytes).unwrap();
 
     let store2 = BlobStore::new(tmp.path().join("b2")).unwrap();
-    let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+    let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
     let (outcomes, rebuilt) = build(&cache, &steps, &store2);
     assert_eq!(hits(&outcomes), vec![true, false]);
     assert!(miss_reason(&outcomes[1]).contains("corrupt"), "{:?}", outcomes[1]);
@@ -190,7 +190,7 @@ fn corrupt_blob_is_detected_removed_and_rebuilt() {
     LocalCache::open(&cache_dir, WEEK).unwrap().blobs().verify(&rebuilt[1].parse().unwrap()).unwrap();
 
     let store3 = BlobStore::new(tmp.path().join("b3")).unwrap();
-    let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+    let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
     assert_eq!(hits(&build(&cache, &steps, &store3).0), vec![true, true]);
 }
 
@@ -204,7 +204,7 @@ fn concurrent_builds_share_one_cache_dir() {
             let (cache_dir, steps, dir) = (cache_dir.clone(), steps.clone(), tmp.path().join(format!("build{t}")));
             std::thread::spawn(move || {
                 let store = BlobStore::new(dir).unwrap();
-                let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+                let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
                 let (_, layers) = build(&cache, &steps, &store);
                 cache.finish();
                 layers
@@ -215,7 +215,7 @@ fn concurrent_builds_share_one_cache_dir() {
     assert!(results.windows(2).all(|w| w[0] == w[1]), "every build made the same layers");
 
     let store = BlobStore::new(tmp.path().join("after")).unwrap();
-    let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+    let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
     assert_eq!(hits(&build(&cache, &steps, &store).0), vec![true; 6]);
     assert!(leftovers(&cache_dir, ".incoming-").is_empty());
     assert!(leftovers(&cache_dir, ".strata-").is_empty());
@@ -321,14 +321,14 @@ fn a_changed_context_file_misses_from_its_copy_on() {
         out
     };
     let store = BlobStore::new(tmp.path().join("b")).unwrap();
-    let (cold, _) = build(&Cache::open(&opts, &[], registries()).unwrap(), &steps(&ctx), &store);
+    let (cold, _) = build(&Cache::open(&opts, &[], session()).unwrap(), &steps(&ctx), &store);
     assert_eq!(hits(&cold), vec![false; 4]);
 
-    let (warm, _) = build(&Cache::open(&opts, &[], registries()).unwrap(), &steps(&ctx), &store);
+    let (warm, _) = build(&Cache::open(&opts, &[], session()).unwrap(), &steps(&ctx), &store);
     assert_eq!(hits(&warm), vec![true; 4]);
 
     write(&ctx, "app.py", "print(2)\n");
-    let (changed, _) = build(&Cache::open(&opts, &[], registries()).unwrap(), &steps(&ctx), &store);
+    let (changed, _) = build(&Cache::open(&opts, &[], session()).unwrap(), &steps(&ctx), &store);
     assert_eq!(hits(&changed), vec![true, false, false, false]);
     assert_eq!(miss_reason(&changed[1]), "source app.py changed");
     assert_eq!(miss_reason(&changed[2]), "an earlier step changed");
@@ -401,7 +401,7 @@ fn a_step_without_a_layer_is_cached_as_such() {
     let cache_dir = tmp.path().join("cache");
     let store = BlobStore::new(tmp.path().join("blobs")).unwrap();
     let mut steps = chain(1, "1");
-    let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+    let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
     assert!(matches!(cache.lookup("stage 0 step 0", &steps[0], &store), Lookup::Miss(_)));
     cache.store_empty("stage 0 step 0", &steps[0], &store).unwrap();
     drop(cache);
@@ -411,7 +411,7 @@ fn a_step_without_a_layer_is_cached_as_such() {
     let record = cache_dir.join("layers").join(format!("{}.json", steps[0].key()));
     let json: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
     assert!(json.get("layer").is_none() && json["inputs"].is_object(), "{json}");
-    let cache = Cache::open(&local_opts(&cache_dir), &[], registries()).unwrap();
+    let cache = Cache::open(&local_opts(&cache_dir), &[], session()).unwrap();
     let Lookup::Hit(hit) = cache.lookup("stage 0 step 0", &steps[0], &store) else { panic!("expected a hit") };
     assert!(hit.source == HitSource::Local && hit.layer.is_none() && hit.descriptor().is_none(), "{hit:?}");
     cache.fetch(&hit, &store).unwrap();

@@ -12,13 +12,13 @@ use strata_builder::cache::warm::{WarmArgs, warm};
 use strata_builder::cache::{Cache, CacheOptions, HitSource, KeyInputs, Lookup};
 use strata_builder::image::options::RegistryOptions;
 use strata_builder::image::reference::ImageRef;
-use strata_builder::image::registry::Registries;
+use strata_builder::image::Session;
 use strata_builder::image::store::BlobStore;
 use strata_tests::registry::Registry;
 use strata_tests::{require, tools};
 
-fn registries() -> Arc<Registries> {
-    Arc::new(Registries::new(&RegistryOptions::default()).unwrap())
+fn session() -> Arc<Session> {
+    Arc::new(Session::new(&RegistryOptions::default()).unwrap())
 }
 
 /// A fresh registry, its cache repository `HOST/app/cache`, and a scratch
@@ -34,7 +34,7 @@ fn cache_registry(test: &str) -> Option<(Registry, String, tempfile::TempDir)> {
 
 /// One build of `steps`, into `store`, that fills the cache `opts`.
 fn fill(opts: &CacheOptions, steps: &[KeyInputs], store: &BlobStore) {
-    let cache = Cache::open(opts, &[], registries()).unwrap();
+    let cache = Cache::open(opts, &[], session()).unwrap();
     build(&cache, steps, store);
     assert_eq!(cache.finish(), 0, "every background push succeeded");
 }
@@ -71,13 +71,13 @@ fn shared(repo: &str) -> CacheOptions {
 fn cold_then_warm(opts: &CacheOptions, destinations: &[ImageRef], tmp: &Path) -> Vec<KeyInputs> {
     let steps = chain(5, "1");
     let store1 = BlobStore::new(tmp.join("build1")).unwrap();
-    let cache = Cache::open(opts, destinations, registries()).unwrap();
+    let cache = Cache::open(opts, destinations, session()).unwrap();
     let cold = build(&cache, &steps, &store1);
     assert!(cold.iter().all(|o| matches!(o, Lookup::Miss(_))));
     assert_eq!(cache.finish(), 0, "every background push succeeded");
 
     let store2 = BlobStore::new(tmp.join("build2")).unwrap();
-    let cache = Cache::open(opts, destinations, registries()).unwrap();
+    let cache = Cache::open(opts, destinations, session()).unwrap();
     let warm = build(&cache, &steps, &store2);
     assert_eq!(remote_hits(&warm), vec![true; 5]);
     for o in &warm {
@@ -121,14 +121,14 @@ fn registry_entries_expire_after_the_ttl() {
 
     std::thread::sleep(Duration::from_millis(1100));
     let opts = CacheOptions { cache_ttl: Duration::ZERO, ..shared(&repo) };
-    let cache = Cache::open(&opts, &[], registries()).unwrap();
+    let cache = Cache::open(&opts, &[], session()).unwrap();
     for o in build(&cache, &steps, &store) {
         let Lookup::Miss(why) = o else { panic!("an expired entry hit") };
         assert!(why.contains("expired"), "{why}");
     }
     // The misses pushed fresh entries, which a normal TTL finds again.
     assert_eq!(cache.finish(), 0);
-    let cache = Cache::open(&shared(&repo), &[], registries()).unwrap();
+    let cache = Cache::open(&shared(&repo), &[], session()).unwrap();
     assert_eq!(remote_hits(&build(&cache, &steps, &store)), vec![true, true]);
 }
 
@@ -140,7 +140,7 @@ fn corrupt_registry_blob_is_never_used() {
     fill(&shared(&repo), &steps, &store1);
 
     let store2 = BlobStore::new(tmp.path().join("b2")).unwrap();
-    let cache = Cache::open(&shared(&repo), &[], registries()).unwrap();
+    let cache = Cache::open(&shared(&repo), &[], session()).unwrap();
     let Lookup::Hit(hit) = cache.lookup("step", &steps[0], &store2) else { panic!("expected a hit") };
     let hex = hit.layer.as_ref().unwrap().digest.hex();
     let data = registry.storage().join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data");
@@ -165,7 +165,7 @@ fn oci_layout_cache_on_a_shared_volume() {
 
     // A damaged blob in the layout is detected on fetch and never stored.
     let store = BlobStore::new(tmp.path().join("b3")).unwrap();
-    let cache = Cache::open(&opts, &[], registries()).unwrap();
+    let cache = Cache::open(&opts, &[], session()).unwrap();
     let Lookup::Hit(hit) = cache.lookup("step", &steps[0], &store) else { panic!("expected a hit") };
     let blob = layout.join("blobs/sha256").join(hit.layer.as_ref().unwrap().digest.hex());
     let mut bytes = std::fs::read(&blob).unwrap();
@@ -187,7 +187,7 @@ fn concurrent_builds_push_to_one_oci_layout() {
             let (opts, dir) = (opts.clone(), tmp.path().join(format!("b{t}")));
             std::thread::spawn(move || {
                 let store = BlobStore::new(dir).unwrap();
-                let cache = Cache::open(&opts, &[], registries()).unwrap();
+                let cache = Cache::open(&opts, &[], session()).unwrap();
                 build(&cache, &chain(4, &t.to_string()), &store);
                 cache.finish()
             })
@@ -198,7 +198,7 @@ fn concurrent_builds_push_to_one_oci_layout() {
     }
     // No build's index.json update was lost.
     let store = BlobStore::new(tmp.path().join("after")).unwrap();
-    let cache = Cache::open(&opts, &[], registries()).unwrap();
+    let cache = Cache::open(&opts, &[], session()).unwrap();
     for t in 0..3 {
         assert_eq!(remote_hits(&build(&cache, &chain(4, &t.to_string()), &store)), vec![true; 4]);
     }
@@ -228,7 +228,7 @@ fn warmer_fills_the_cache_dir_for_offline_builds() {
 
     let store = BlobStore::new(tmp.path().join("build")).unwrap();
     let opts = CacheOptions { cache_dir: Some(cache_dir.clone()), ..CacheOptions::default() };
-    let cache = Cache::open(&opts, &[], registries()).unwrap();
+    let cache = Cache::open(&opts, &[], session()).unwrap();
     let r = ImageRef::parse(&reference).unwrap();
     let image = cache.base_image(&r, &store).expect("the warmed image is in the cache");
     assert!(!image.layers.is_empty());
@@ -253,7 +253,7 @@ fn a_hit_applied_to_the_root_gives_the_step_files() {
     let store = BlobStore::new(tmp.path().join("b2")).unwrap();
     let root = tmp.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let cache = Cache::open(&opts, &[], registries()).unwrap();
+    let cache = Cache::open(&opts, &[], session()).unwrap();
     let Lookup::Hit(hit) = cache.lookup("step", &steps[0], &store) else { panic!("expected a hit") };
     let paths = cache.apply(&hit, &store, &root).unwrap();
     assert_eq!(paths.into_iter().collect::<Vec<_>>(), vec![std::path::PathBuf::from("step0")]);
@@ -266,7 +266,7 @@ fn a_hit_applied_to_the_root_gives_the_step_files() {
 fn empty_entry_round_trip(spec: &str, skopeo_ref: &dyn Fn(&str) -> String, skopeo_args: &[&str], tmp: &Path) {
     let mut steps = chain(2, "1");
     let store = BlobStore::new(tmp.join("cold")).unwrap();
-    let cache = Cache::open(&shared(spec), &[], registries()).unwrap();
+    let cache = Cache::open(&shared(spec), &[], session()).unwrap();
     assert!(matches!(cache.lookup("stage 0 step 0", &steps[0], &store), Lookup::Miss(_)));
     cache.store_empty("stage 0 step 0", &steps[0], &store).unwrap();
     assert!(matches!(cache.lookup("stage 0 step 1", &steps[1], &store), Lookup::Miss(_)));
@@ -290,7 +290,7 @@ fn empty_entry_round_trip(spec: &str, skopeo_ref: &dyn Fn(&str) -> String, skope
     let store2 = BlobStore::new(tmp.join("warm")).unwrap();
     let local_dir = tmp.join("local-cache");
     let opts = CacheOptions { cache_dir: Some(local_dir.clone()), ..shared(spec) };
-    let cache = Cache::open(&opts, &[], registries()).unwrap();
+    let cache = Cache::open(&opts, &[], session()).unwrap();
     let warm = build(&cache, &steps, &store2);
     assert_eq!(remote_hits(&warm), vec![true, true]);
     let Lookup::Hit(empty) = &warm[0] else { unreachable!() };
@@ -307,14 +307,14 @@ fn empty_entry_round_trip(spec: &str, skopeo_ref: &dyn Fn(&str) -> String, skope
 
     // Fetching the shared empty hit kept it in --cache-dir too.
     let local_only = CacheOptions { cache: true, cache_dir: Some(local_dir), ..CacheOptions::default() };
-    let cache = Cache::open(&local_only, &[], registries()).unwrap();
+    let cache = Cache::open(&local_only, &[], session()).unwrap();
     let Lookup::Hit(hit) = cache.lookup("stage 0 step 0", &steps[0], &store2) else { panic!("expected a local hit") };
     assert!(hit.source == HitSource::Local && hit.layer.is_none(), "{hit:?}");
     drop(cache);
 
     // A changed input: the shared cache alone explains the miss of the empty entry.
     steps[0].args.insert("VERSION".into(), "2".into());
-    let cache = Cache::open(&shared(spec), &[], registries()).unwrap();
+    let cache = Cache::open(&shared(spec), &[], session()).unwrap();
     let outcome = cache.lookup("stage 0 step 0", &steps[0], &store2);
     let Lookup::Miss(why) = outcome else { panic!("expected a miss") };
     assert_eq!(why, "build arg VERSION changed");

@@ -414,6 +414,59 @@ fn fully_cached_rebuild_does_not_download_the_base() {
     assert_complete(&miss_layout, &p.scratch.path().join("miss-bundle"), "other 2\n");
 }
 
+#[test]
+fn docker_image_context_base_is_downloaded_only_when_needed() {
+    let test = "docker_image_context_base_is_downloaded_only_when_needed";
+    if !requirements(test) || !strata_tests::require::tool(test, "docker-registry") {
+        return;
+    }
+    let registry = Registry::start();
+    let p = Project::new();
+    strata_tests::fixtures::push_busybox(&registry.addr, "lib/busybox", "1", p.scratch.path());
+    let proxy = strata_tests::faultproxy::FaultProxy::start(&registry.addr);
+    let manifest = strata_tests::tools::skopeo_inspect(&format!("docker://{}/lib/busybox:1", registry.addr), &["--tls-verify=false", "--raw"]);
+    let base_layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let base_downloads = || proxy.seen_matching("GET", &format!("/blobs/{base_layer}$")).len();
+    // `FROM base`, with base a registry image given as a build context.
+    let context = format!("base=docker-image://{}/lib/busybox:1", proxy.addr);
+    let repo = format!("{}/app/cache", proxy.addr);
+    let build = |extra: &[&str]| {
+        let mut a = args(&[
+            "build",
+            "--context", p.ctx.to_str().unwrap(),
+            "--build-context", &context,
+            "--insecure-registry", &proxy.addr,
+            "--reproducible", "--log-format", "text",
+            "--cache=true", "--cache-copy-layers=true", "--cache-repo", &repo,
+        ]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        strata_ok(&a, p.scratch.path(), &[])
+    };
+
+    let cold = build(&["--destination", &format!("{}/app/context:cold", proxy.addr)]);
+    assert_eq!(outcomes(&cold), vec!["miss"; 5], "{cold}");
+    assert_eq!(base_downloads(), 1, "{cold}");
+
+    // A fully cached rebuild pushed to the base's registry: the base layer is
+    // mounted, never downloaded, and the pushed image is complete.
+    proxy.reset();
+    let warm = build(&["--destination", &format!("{}/app/context:warm", proxy.addr)]);
+    assert_eq!(outcomes(&warm), vec!["hit"; 5], "{warm}");
+    assert!(warm.contains("layer(s) not downloaded)"), "{warm}");
+    assert_eq!(base_downloads(), 0, "the base layer was downloaded:\n{warm}");
+    let pulled = p.scratch.path().join("pulled");
+    strata_tests::tools::skopeo_copy(&format!("docker://{}/app/context:warm", registry.addr), &format!("oci:{}:latest", pulled.display()), &["--src-tls-verify=false"]);
+    assert_complete(&pulled, &p.scratch.path().join("pulled-bundle"), "other\n");
+
+    // A local output needs the bytes: the base layer is downloaded for it.
+    proxy.reset();
+    let layout = p.scratch.path().join("layout");
+    let log = build(&["--no-push", "--oci-layout-path", layout.to_str().unwrap()]);
+    assert_eq!(outcomes(&log), vec!["hit"; 5], "{log}");
+    assert_eq!(base_downloads(), 1, "{log}");
+    assert_complete(&layout, &p.scratch.path().join("local-bundle"), "other\n");
+}
+
 /// A RUN that changes nothing (its output, `ran-2`, shows whether it ran)
 /// between steps that do.
 const EMPTY_RUN_DOCKERFILE: &str = "\

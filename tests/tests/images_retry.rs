@@ -108,8 +108,10 @@ fn transient_errors_are_retried() {
         let base_ref = format!("{}/base/busybox:1", proxy.addr);
         let store = BlobStore::new(s.join(format!("store-{}", &status[..3]))).unwrap();
 
-        // Every request is preceded by a ping of /v2/; two failures hit the manifest request.
-        proxy.fail_next(2);
+        // Every request is preceded by a ping of /v2/, the session's first by
+        // one more (strata authenticates each scope once): the third failure
+        // hits the manifest request.
+        proxy.fail_next(3);
         let err = resolve_base(&base_ref, &[], &RegistryOptions::default(), &store, &amd64()).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains(&format!("HTTP {}", &status[..3])), "{msg}");

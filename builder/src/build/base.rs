@@ -11,6 +11,8 @@ use strata_snapshotter::Snapshotter;
 
 use super::Build;
 use crate::image::config::Platform;
+use crate::image::options::{BuildContextSpec, ContextSource};
+use crate::image::reference::ImageRef;
 use crate::image::resolve::{BaseImage, UnfetchedBase};
 
 /// The stage root's snapshotter, created once the root holds the base: at
@@ -42,21 +44,24 @@ impl RootState {
 /// A base image not extracted yet, its layers downloaded or not.
 pub enum Unextracted {
     Fetched(BaseImage),
-    Unfetched(UnfetchedBase),
+    /// A registry image resolved without its layers; `cache_as`: the name it
+    /// is kept under in `--cache-dir` once they are downloaded (none for a
+    /// build context).
+    Unfetched { base: UnfetchedBase, cache_as: Option<ImageRef> },
 }
 
 impl Unextracted {
     pub fn image(&self) -> &BaseImage {
         match self {
             Unextracted::Fetched(base) => base,
-            Unextracted::Unfetched(base) => &base.image,
+            Unextracted::Unfetched { base, .. } => &base.image,
         }
     }
 
     /// Extracts the base into `root`, its layers downloaded first if need be.
     pub fn extract(self, build: &Build, root: &Path) -> Result<()> {
-        if let Unextracted::Unfetched(base) = &self {
-            fetch_base_layers(build, base)?;
+        if let Unextracted::Unfetched { base, cache_as } = &self {
+            fetch_base_layers(build, base, cache_as.as_ref())?;
         }
         extract_base(build, self.image(), root)
     }
@@ -88,41 +93,36 @@ fn extract_base(build: &Build, base: &BaseImage, root: &Path) -> Result<()> {
 /// The base image `name`: from `--cache-dir` when `strata warm` or an
 /// earlier build put it there (and it is fresh), else resolved and fetched,
 /// then kept in `--cache-dir`. Build-context names never use the cache.
-/// With `lazy`, a registry image's layers are left to [`fetch_base_layers`].
+/// With `lazy`, a registry image's layers (a `FROM` reference's or a
+/// `docker-image://` build context's) are left to [`fetch_base_layers`].
 pub fn base_image(
     build: &Build,
     name: &str,
     platform: &Platform,
     lazy: bool,
 ) -> Result<Unextracted> {
-    let is_context = build
-        .args
-        .input
-        .build_contexts
-        .iter()
-        .any(|c| c.name == name);
-    let reference = if is_context {
-        None
-    } else {
-        crate::image::reference::ImageRef::parse(name).ok()
-    };
+    let context = build.args.input.build_contexts.iter().rev().find(|c| c.name == name);
+    let reference = if context.is_some() { None } else { ImageRef::parse(name).ok() };
     if let Some(r) = &reference
         && let Some(base) = build.cache.base_image(r, &build.store)
     {
         return Ok(Unextracted::Fetched(base));
     }
-    if lazy
-        && let Some(r) = &reference
-        && name != "scratch"
-    {
-        let base =
-            crate::image::resolve::pull_config(r, &build.args.registry, &build.store, platform)?;
-        return Ok(Unextracted::Unfetched(base));
+    if lazy {
+        if let Some(ctx @ BuildContextSpec { source: ContextSource::DockerImage(r), .. }) = context {
+            let base = crate::image::resolve::pull_config(&build.session, r, &build.store, platform)
+                .with_context(|| format!("build context {ctx}"))?;
+            return Ok(Unextracted::Unfetched { base, cache_as: None });
+        }
+        if let Some(r) = reference.as_ref().filter(|_| name != "scratch") {
+            let base = crate::image::resolve::pull_config(&build.session, r, &build.store, platform)?;
+            return Ok(Unextracted::Unfetched { base, cache_as: Some(r.clone()) });
+        }
     }
-    let base = crate::image::resolve_base(
+    let base = crate::image::resolve_base_in(
+        &build.session,
         name,
         &build.args.input.build_contexts,
-        &build.args.registry,
         &build.store,
         platform,
     )?;
@@ -133,10 +133,10 @@ pub fn base_image(
 }
 
 /// Downloads the layers of a base image resolved without them, then keeps it
-/// in `--cache-dir`.
-fn fetch_base_layers(build: &Build, base: &UnfetchedBase) -> Result<()> {
+/// in `--cache-dir` as `cache_as`.
+fn fetch_base_layers(build: &Build, base: &UnfetchedBase, cache_as: Option<&ImageRef>) -> Result<()> {
     let t = Instant::now();
-    crate::image::resolve::fetch_layers(base, &build.args.registry, &build.store)
+    crate::image::resolve::fetch_layers(&build.session, base, &build.store)
         .with_context(|| format!("downloading the layers of {}", base.image.reference))?;
     tracing::info!(
         "Downloaded the {} layer(s) of {} in {:.2}s",
@@ -144,7 +144,7 @@ fn fetch_base_layers(build: &Build, base: &UnfetchedBase) -> Result<()> {
         base.image.reference,
         t.elapsed().as_secs_f64()
     );
-    if let Some(r) = &base.image.registry_ref {
+    if let Some(r) = cache_as {
         build.cache.store_base_image(r, &base.image, &build.store);
     }
     Ok(())
@@ -158,18 +158,17 @@ fn fetch_base_layers(build: &Build, base: &UnfetchedBase) -> Result<()> {
 pub fn provide_for_delivery(
     base: &crate::image::resolve::UnfetchedBase,
     out: &crate::image::options::OutputOptions,
-    reg: &crate::image::options::RegistryOptions,
+    session: &crate::image::Session,
     into: &crate::image::store::BlobStore,
 ) -> Result<()> {
     let Some((local_output, destinations)) = out.layer_needs()? else { return Ok(()) };
     let image = &base.image;
-    let registries = crate::image::registry::Registries::new(reg)?;
-    let rt = crate::image::resolve::runtime()?;
+    let registries = session.registries();
     let absent: Vec<_> = image.layers.iter().filter(|l| !into.contains(&l.digest)).collect();
     let mounted = !local_output
         && image.registry_ref.as_ref().is_some_and(|source| {
             absent.iter().all(|l| {
-                destinations.iter().all(|dest| matches!(rt.block_on(registries.mount_blob(dest, l, source)), Ok(true)))
+                destinations.iter().all(|dest| matches!(session.block_on(registries.mount_blob(dest, l, source)), Ok(true)))
             })
         });
     if mounted {
@@ -177,7 +176,7 @@ pub fn provide_for_delivery(
         return Ok(());
     }
     let t = std::time::Instant::now();
-    rt.block_on(crate::image::resolve::fetch_layers_async(&registries, base, into))
+    crate::image::resolve::fetch_layers(session, base, into)
         .with_context(|| format!("downloading the layers of {}", image.reference))?;
     tracing::info!("Downloaded the {} layer(s) of {} for the outputs in {:.2}s", image.layers.len(), image.reference, t.elapsed().as_secs_f64());
     Ok(())

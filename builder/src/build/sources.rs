@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 
 use super::Build;
 use crate::image::extract::extract_image;
-use crate::image::resolve_base;
+use crate::image::resolve_base_in;
 use crate::plan::Base;
 
 /// Images extracted for `--from`, by name.
@@ -41,7 +41,7 @@ fn image_root(build: &Build, image: &str) -> Result<PathBuf> {
     }
     tracing::info!("Retrieving image {image} for --from");
     let platform = build.args.registry.platform();
-    let base = resolve_base(image, &build.args.input.build_contexts, &build.args.registry, &build.store, &platform)
+    let base = resolve_base_in(&build.session, image, &build.args.input.build_contexts, &build.store, &platform)
         .with_context(|| format!("--from={image}"))?;
     let root = build.work.build_dir().join(format!("image-{}", roots.len()));
     extract_image(&base, &build.store, &root, build.args.registry.image_fs_extract_retry)?;

@@ -225,7 +225,7 @@ fn build_stage_inner(build: &Build, st: &plan::Stage) -> Result<StageOutput> {
             tracing::info!("Base image {} not extracted: no step of {} needed the root", base.reference, stage_title(st));
             None
         }
-        Some(Unextracted::Unfetched(base)) => {
+        Some(Unextracted::Unfetched { base, .. }) => {
             let image = &base.image;
             tracing::info!(
                 "Base image {} not extracted: no step of {} needed the root (its {} layer(s) not downloaded)",

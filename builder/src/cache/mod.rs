@@ -41,7 +41,7 @@ pub use remote::{RemoteCache, RemoteHit, RemoteLookup};
 
 use crate::image::deliver::LayerDescriptor;
 use crate::image::reference::ImageRef;
-use crate::image::registry::Registries;
+use crate::image::Session;
 use crate::image::resolve::BaseImage;
 use crate::image::store::BlobStore;
 
@@ -170,9 +170,8 @@ pub struct Cache {
     opts: CacheOptions,
     local: Option<LocalCache>,
     remote: Option<RemoteCache>,
-    /// Started on first use, so a build that caches nothing (or only in
-    /// `--cache-dir`) has no extra threads while it forks RUN processes.
-    rt: std::sync::OnceLock<tokio::runtime::Runtime>,
+    /// The build's registry session, whose runtime runs look-ups and pushes.
+    session: Arc<Session>,
     lookups: Mutex<HashMap<CacheKey, Pending>>,
     limit: Arc<tokio::sync::Semaphore>,
     pushes: Mutex<Vec<(String, tokio::task::JoinHandle<Result<()>>)>>,
@@ -182,15 +181,16 @@ impl Cache {
     /// Opens the caches the flags ask for. `destinations` give the default
     /// cache repository. With `--cache=false`, only base images are cached
     /// (when `--cache-dir` is given) and every layer look-up misses.
-    pub fn open(opts: &CacheOptions, destinations: &[ImageRef], registries: Arc<Registries>) -> Result<Cache> {
+    pub fn open(opts: &CacheOptions, destinations: &[ImageRef], session: Arc<Session>) -> Result<Cache> {
+        let registries = session.registries();
         let local = match &opts.cache_dir {
             Some(dir) => Some(LocalCache::open(dir, opts.cache_ttl).with_context(|| format!("--cache-dir {}", dir.display()))?),
             None => None,
         };
         let remote = if opts.cache {
             match (&opts.cache_repo, destinations.first()) {
-                (Some(spec), _) => Some(RemoteCache::parse(spec, registries)?),
-                (None, Some(dest)) => Some(RemoteCache::parse(&RemoteCache::default_repo(dest), registries)?),
+                (Some(spec), _) => Some(RemoteCache::parse(spec, registries.clone())?),
+                (None, Some(dest)) => Some(RemoteCache::parse(&RemoteCache::default_repo(dest), registries.clone())?),
                 (None, None) if local.is_some() => None,
                 (None, None) => bail!("--cache=true needs somewhere to keep layers: --cache-repo, a --destination or --cache-dir"),
             }
@@ -209,7 +209,7 @@ impl Cache {
             opts: opts.clone(),
             local,
             remote,
-            rt: std::sync::OnceLock::new(),
+            session,
             lookups: Mutex::new(HashMap::new()),
             limit: Arc::new(tokio::sync::Semaphore::new(PARALLEL_LOOKUPS)),
             pushes: Mutex::new(Vec::new()),
@@ -217,13 +217,7 @@ impl Cache {
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
-        self.rt.get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("starting the async runtime for the cache")
-        })
+        self.session.runtime().expect("starting the async runtime for the cache")
     }
 
     /// Whether layers of `kind` steps are looked up and stored.

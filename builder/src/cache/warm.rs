@@ -3,7 +3,6 @@
 //! pods sharing a volume, or with no registry access at build time.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,8 +12,8 @@ use super::local::LocalCache;
 use super::parse_duration;
 use crate::image::options::RegistryOptions;
 use crate::image::reference::ImageRef;
-use crate::image::registry::Registries;
-use crate::image::resolve::pull_async;
+use crate::image::Session;
+use crate::image::resolve::pull;
 use crate::image::store::BlobStore;
 
 /// `strata warm` flags (kaniko warmer's names).
@@ -64,7 +63,7 @@ pub fn warm(args: &WarmArgs) -> Result<usize> {
         .iter()
         .map(|s| ImageRef::parse(s).with_context(|| format!("--image {s:?}")))
         .collect::<Result<_>>()?;
-    let registries = Arc::new(Registries::new(&args.registry)?);
+    let session = Session::new(&args.registry)?;
     let cache = LocalCache::open(&args.cache_dir, args.cache_ttl)
         .with_context(|| format!("--cache-dir {}", args.cache_dir.display()))?;
     // Downloads land in a store inside the cache directory, so that moving
@@ -75,18 +74,13 @@ pub fn warm(args: &WarmArgs) -> Result<usize> {
         .with_context(|| format!("creating a staging directory in {}", args.cache_dir.display()))?;
     let store = BlobStore::new(staging.path())?;
     let platform = args.registry.platform();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let mut failed = 0;
     for (spec, r) in args.images.iter().zip(&refs) {
         if !args.force && cache.get_image(&r.to_string(), &store)?.is_some() {
             tracing::info!("warm: {spec} is already cached in {}", args.cache_dir.display());
             continue;
         }
-        let result = rt.block_on(pull_async(&registries, r, &store, &platform)).and_then(|image| {
+        let result = pull(&session, r, &store, &platform).and_then(|image| {
             let digest = image.manifest_digest.clone().context("pulled image has no manifest digest")?;
             cache.put_image(&r.to_string(), &digest, &store)?;
             Ok(digest)

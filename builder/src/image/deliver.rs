@@ -16,7 +16,8 @@ use super::layout;
 use super::options::{ImageFormat, OutputOptions, RegistryOptions};
 use super::reference::ImageRef;
 use super::registry::Registries;
-use super::resolve::{BaseImage, runtime};
+use super::resolve::BaseImage;
+use super::session::Session;
 use super::store::BlobStore;
 
 /// Set by [`interrupt`]: delivery stops before its next blob or tag.
@@ -118,10 +119,16 @@ pub struct Delivered {
     pub pushed: Vec<ImageRef>,
 }
 
-/// Builds the manifest, then pushes and writes every requested output.
-///
-/// Runs its own tokio runtime; do not call it from inside an async context.
+/// As [`deliver_in`], outside a build: in a registry session of its own.
 pub fn deliver(image: &BuiltImage, out: &OutputOptions, reg: &RegistryOptions, store: &BlobStore) -> Result<Delivered> {
+    deliver_in(&Session::new(reg)?, image, out, store)
+}
+
+/// Builds the manifest, then pushes (through `session`) and writes every
+/// requested output.
+///
+/// Do not call it from inside an async context.
+pub fn deliver_in(session: &Session, image: &BuiltImage, out: &OutputOptions, store: &BlobStore) -> Result<Delivered> {
     out.validate()?;
     let destinations = out.destination_refs()?;
     let (manifest_bytes, manifest, media_type) = assemble(image, out.image_format, store)?;
@@ -131,9 +138,8 @@ pub fn deliver(image: &BuiltImage, out: &OutputOptions, reg: &RegistryOptions, s
     let pushed = if out.no_push {
         Vec::new()
     } else {
-        let registries = Registries::new(reg)?;
-        runtime()?.block_on(push_all(
-            &registries,
+        session.block_on(push_all(
+            session.registries(),
             &destinations,
             &manifest,
             &manifest_bytes,

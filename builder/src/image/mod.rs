@@ -9,10 +9,12 @@
 //! - [`store::BlobStore`] where layers and configs live;
 //! - [`options::RegistryOptions`], [`options::OutputOptions`] and
 //!   [`options::BuildContextSpec`] for the flags it flattens into the CLI;
-//! - [`resolve::resolve_base`] to fetch a base image, then
+//! - [`session::Session`], the build's one registry session;
+//! - [`resolve::resolve_base_in`] to fetch a base image, then
 //!   [`extract::extract_image`] (or [`extract::apply_layer`]) to unpack it;
-//! - [`deliver::BuiltImage::from_base`] and [`deliver::deliver`] to push and
-//!   write the built image.
+//! - [`deliver::BuiltImage::from_base`] and [`deliver::deliver_in`] to push and
+//!   write the built image ([`resolve::resolve_base`] and [`deliver::deliver`]
+//!   do the same outside a build, in a session of their own).
 
 pub mod archive;
 pub mod auth;
@@ -26,7 +28,9 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod resolve;
+pub mod session;
 pub mod store;
 
-pub use deliver::{BuiltImage, Delivered, LayerDescriptor, MountSource, deliver};
-pub use resolve::{BaseImage, resolve_base};
+pub use deliver::{BuiltImage, Delivered, LayerDescriptor, MountSource, deliver, deliver_in};
+pub use resolve::{BaseImage, resolve_base, resolve_base_in};
+pub use session::Session;

@@ -2,14 +2,22 @@
 //! manifests out, with kaniko's transport flags, credentials from
 //! [`super::auth`], mirrors, and retries with exponential backoff.
 //!
-//! One `oci_client::Client` is kept per (registry, direction), since plain
-//! HTTP and TLS settings differ between pull and push in kaniko's flags.
+//! One `oci_client::Client` is kept per registry and transport (pull and
+//! push share it unless kaniko's flags give them different plain HTTP or TLS
+//! settings), with its connections and tokens, for the whole build (see
+//! [`super::session`]).
+//!
+//! `oci-client` asks for a token when a request first needs one, so requests
+//! in parallel would each ask: strata authenticates each (client, repository,
+//! operation) once, before its first request (the push direction's pull scope
+//! too, which `oci-client` uses for the HEAD before each upload).
 //!
 //! Authentication is `oci-client`'s, which keeps its bearer tokens to itself.
 //! When strata authenticates a session (registry, repository, direction)
-//! itself, at its first 429 or after a 401, it keeps the bearer token it gets
-//! (from a token service, anonymous or with the docker config's credentials)
-//! for the `Retry-After` probe below. Tokens never appear in logs or errors.
+//! itself, before its first request, at its first 429 or after a 401, it keeps
+//! the bearer token it gets (from a token service, anonymous or with the docker
+//! config's credentials) for the `Retry-After` probe below. Tokens never appear
+//! in logs or errors.
 //!
 //! Retries: 5xx, 429 and connection errors are retried `--image-download-retry`
 //! / `--push-retry` times, waiting 0.5s, 1s, 2s … (at most 30s). A 429's
@@ -52,13 +60,20 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// (registry, repository, push?): the scope a token is granted for.
 type TokenKey = (String, String, bool);
 
+/// (registry, plain HTTP?, skip TLS verification?, CA certificate): one client each.
+type ClientKey = (String, bool, bool, Option<std::path::PathBuf>);
+
 /// A registry session for one build: transports, credentials and progress.
 pub struct Registries {
     opts: RegistryOptions,
     docker_config: DockerConfig,
-    clients: Mutex<HashMap<(String, bool), Arc<Client>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<Client>>>,
     /// The bearer token of each authenticated session (None: basic or no authentication).
     tokens: tokio::sync::Mutex<HashMap<TokenKey, Option<String>>>,
+    /// The scopes authenticated (or being authenticated) on each client.
+    authenticated: Mutex<HashMap<(ClientKey, String, bool), Arc<tokio::sync::OnceCell<()>>>>,
+    /// Clients whose registry asked for no token.
+    open: Mutex<std::collections::HashSet<ClientKey>>,
     progress: Progress,
 }
 
@@ -71,6 +86,8 @@ impl Registries {
             docker_config: DockerConfig::load()?,
             clients: Mutex::new(HashMap::new()),
             tokens: Default::default(),
+            authenticated: Default::default(),
+            open: Default::default(),
             progress: Progress::new(),
         })
     }
@@ -83,6 +100,8 @@ impl Registries {
             docker_config,
             clients: Mutex::new(HashMap::new()),
             tokens: Default::default(),
+            authenticated: Default::default(),
+            open: Default::default(),
             progress,
         })
     }
@@ -91,12 +110,12 @@ impl Registries {
         &self.opts
     }
 
-    fn client(&self, r: &ImageRef, dir: Direction) -> Result<Arc<Client>> {
-        let key = (r.registry().to_string(), dir == Direction::Push);
-        if let Some(c) = self.clients.lock().expect("clients lock").get(&key) {
-            return Ok(c.clone());
-        }
+    fn client(&self, r: &ImageRef, dir: Direction) -> Result<(ClientKey, Arc<Client>)> {
         let t = self.opts.transport(r.registry(), dir);
+        let key = (r.registry().to_string(), t.plain_http, t.skip_tls_verify, t.ca_certificate.clone());
+        if let Some(c) = self.clients.lock().expect("clients lock").get(&key) {
+            return Ok((key, c.clone()));
+        }
         let mut extra_root_certificates = Vec::new();
         if let Some(path) = &t.ca_certificate {
             let data =
@@ -114,8 +133,8 @@ impl Registries {
             ..Default::default()
         };
         let client = Arc::new(Client::new(config));
-        self.clients.lock().expect("clients lock").insert(key, client.clone());
-        Ok(client)
+        let client = self.clients.lock().expect("clients lock").entry(key.clone()).or_insert(client).clone();
+        Ok((key, client))
     }
 
     fn credential(&self, r: &ImageRef) -> Result<Credential> {
@@ -123,26 +142,54 @@ impl Registries {
     }
 
     async fn session(&self, r: &ImageRef, dir: Direction) -> Result<Arc<Client>> {
-        let client = self.client(r, dir)?;
+        let (key, client) = self.client(r, dir)?;
         let cred = self.credential(r)?;
         client.store_auth_if_needed(r.to_oci().resolve_registry(), &cred.to_oci()).await;
+        if dir == Direction::Push {
+            self.authenticate_once(&key, &client, r, Direction::Pull).await;
+        }
+        self.authenticate_once(&key, &client, r, dir).await;
         Ok(client)
     }
 
-    /// Authenticates `r`'s session (again) and keeps the bearer token it gets;
-    /// `oci-client` uses the new token from then on too.
+    /// Authenticates `r`'s scope on `client` unless done already in this
+    /// session. A failure is left to the request, which authenticates again
+    /// (and explains a refusal) as it would have alone.
+    async fn authenticate_once(&self, key: &ClientKey, client: &Client, r: &ImageRef, dir: Direction) {
+        if self.open.lock().expect("open lock").contains(key) {
+            return;
+        }
+        let scope = (key.clone(), r.to_oci().repository().to_string(), dir == Direction::Push);
+        let cell = self.authenticated.lock().expect("authenticated lock").entry(scope).or_default().clone();
+        let done = cell
+            .get_or_try_init(|| async {
+                if !self.renew_token(client, r, dir).await? {
+                    self.open.lock().expect("open lock").insert(key.clone());
+                }
+                Ok::<_, OciDistributionError>(())
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::debug!("authenticating to {}: {}", r.registry(), one_line(&e));
+        }
+    }
+
     /// After a 401 in the middle of a session (an expired token): logs it and
     /// authenticates again.
     async fn authenticate_again(&self, client: &Client, r: &ImageRef, dir: Direction) -> Result<(), OciDistributionError> {
         tracing::warn!("{} refused our authorization (expired token?); authenticating again", r.registry());
-        self.renew_token(client, r, dir).await
+        self.renew_token(client, r, dir).await.map(drop)
     }
 
-    async fn renew_token(&self, client: &Client, r: &ImageRef, dir: Direction) -> Result<(), OciDistributionError> {
+    /// Authenticates `r`'s session (again) and keeps the bearer token it gets;
+    /// `oci-client` uses the new token from then on too. Returns whether the
+    /// registry gave a token (not: basic or no authentication).
+    async fn renew_token(&self, client: &Client, r: &ImageRef, dir: Direction) -> Result<bool, OciDistributionError> {
         let auth = self.credential(r).map_err(|e| OciDistributionError::GenericError(Some(format!("{e:#}"))))?;
         let token = client.auth(&r.to_oci(), &auth.to_oci(), operation(dir)).await?;
+        let got = token.is_some();
         self.tokens.lock().await.insert(token_key(r, dir), token);
-        Ok(())
+        Ok(got)
     }
 
     /// Fetches the manifest (or index) `r` names, trying its mirrors first.

@@ -15,6 +15,7 @@ use super::layout;
 use super::options::{BuildContextSpec, ContextSource, RegistryOptions};
 use super::reference::ImageRef;
 use super::registry::Registries;
+use super::session::Session;
 use super::store::BlobStore;
 
 /// Parallel layer downloads per image.
@@ -63,13 +64,26 @@ pub struct UnfetchedBase {
     pub source: ImageRef,
 }
 
-/// Resolves `name` (a `FROM` argument after ARG expansion) for `platform`.
-///
-/// Runs its own tokio runtime; do not call it from inside an async context.
+/// Resolves `name` (a `FROM` argument after ARG expansion) for `platform`,
+/// outside a build: as [`resolve_base_in`], in a session of its own.
 pub fn resolve_base(
     name: &str,
     contexts: &[BuildContextSpec],
     reg: &RegistryOptions,
+    store: &BlobStore,
+    platform: &Platform,
+) -> Result<BaseImage> {
+    resolve_base_in(&Session::new(reg)?, name, contexts, store, platform)
+}
+
+/// Resolves `name` (a `FROM` argument after ARG expansion) for `platform`,
+/// pulling registry images through `session`.
+///
+/// Do not call it from inside an async context.
+pub fn resolve_base_in(
+    session: &Session,
+    name: &str,
+    contexts: &[BuildContextSpec],
     store: &BlobStore,
     platform: &Platform,
 ) -> Result<BaseImage> {
@@ -80,7 +94,7 @@ pub fn resolve_base(
                     .with_context(|| format!("build context {ctx}"))
             }
             ContextSource::DockerImage(r) => {
-                pull(r, reg, store, platform).with_context(|| format!("build context {ctx}"))
+                pull(session, r, store, platform).with_context(|| format!("build context {ctx}"))
             }
         };
     }
@@ -88,48 +102,29 @@ pub fn resolve_base(
         return Ok(BaseImage::scratch(platform));
     }
     let r = ImageRef::parse(name)?;
-    pull(&r, reg, store, platform)
+    pull(session, &r, store, platform)
 }
 
 /// Pulls `r` from its registry (or mirrors) into `store`.
-pub fn pull(r: &ImageRef, reg: &RegistryOptions, store: &BlobStore, platform: &Platform) -> Result<BaseImage> {
-    let registries = Registries::new(reg)?;
-    runtime()?.block_on(pull_async(&registries, r, store, platform))
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime for registry traffic")
+pub fn pull(session: &Session, r: &ImageRef, store: &BlobStore, platform: &Platform) -> Result<BaseImage> {
+    session.block_on(async {
+        let base = pull_config_async(session.registries(), r, store, platform).await?;
+        fetch_layers_async(session.registries(), &base, store).await?;
+        Ok(base.image)
+    })
 }
 
 /// As [`pull`], but only the manifest and config are downloaded.
-pub fn pull_config(r: &ImageRef, reg: &RegistryOptions, store: &BlobStore, platform: &Platform) -> Result<UnfetchedBase> {
-    let registries = Registries::new(reg)?;
-    runtime()?.block_on(pull_config_async(&registries, r, store, platform))
+pub fn pull_config(session: &Session, r: &ImageRef, store: &BlobStore, platform: &Platform) -> Result<UnfetchedBase> {
+    session.block_on(pull_config_async(session.registries(), r, store, platform))
 }
 
 /// Downloads the layers of `base` into `store`.
-pub fn fetch_layers(base: &UnfetchedBase, reg: &RegistryOptions, store: &BlobStore) -> Result<()> {
-    let registries = Registries::new(reg)?;
-    runtime()?.block_on(fetch_layers_async(&registries, base, store))
+pub fn fetch_layers(session: &Session, base: &UnfetchedBase, store: &BlobStore) -> Result<()> {
+    session.block_on(fetch_layers_async(session.registries(), base, store))
 }
 
-/// The async body of [`pull`], for callers that already have a [`Registries`].
-pub async fn pull_async(
-    registries: &Registries,
-    r: &ImageRef,
-    store: &BlobStore,
-    platform: &Platform,
-) -> Result<BaseImage> {
-    let base = pull_config_async(registries, r, store, platform).await?;
-    fetch_layers_async(registries, &base, store).await?;
-    Ok(base.image)
-}
-
-pub(crate) async fn fetch_layers_async(registries: &Registries, base: &UnfetchedBase, store: &BlobStore) -> Result<()> {
+async fn fetch_layers_async(registries: &Registries, base: &UnfetchedBase, store: &BlobStore) -> Result<()> {
     futures_util::stream::iter(base.image.layers.iter().map(Ok::<_, anyhow::Error>))
         .map_ok(|l| registries.fetch_blob(&base.source, l, store))
         .try_buffer_unordered(PARALLEL_DOWNLOADS)
