@@ -558,8 +558,9 @@ impl Filesystem for Fs {
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_ATOMIC_O_TRUNC
-            // The server clears set-id bits itself (see `write`), which
-            // spares a getxattr round trip before the first write to a file.
+            // The server clears set-id bits itself (see `write`); the kernel
+            // then asks for security.capability only before a file's first
+            // write, not before every write.
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let passthrough = self.shared.opts.passthrough
             && self.shared.passthrough_allowed

@@ -51,6 +51,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // More threads make busy steps faster but every step's mount slower
+        // (docs/fuse.md, "Speed").
         Options { threads: cores.clamp(2, 4), passthrough: true, writeback_cache: true, ttl: Duration::from_secs(24 * 3600) }
     }
 }
