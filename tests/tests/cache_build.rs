@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use build_support::*;
+use strata_tests::faultproxy::FaultProxy;
 use strata_tests::registry::Registry;
 
 const DOCKERFILE: &str = "\
@@ -337,20 +338,29 @@ fn fully_cached_rebuild_does_not_extract_the_base() {
     assert_eq!(digest, clean_digest, "the partly cached build gives the image a cold build gives");
 }
 
+/// busybox pushed to a fresh registry as `lib/busybox:1`, behind a fault
+/// proxy that records requests; with a counter of the downloads of its one
+/// layer through the proxy.
+fn proxied_busybox(p: &Project) -> (Registry, FaultProxy, impl Fn(&FaultProxy) -> usize) {
+    let registry = Registry::start();
+    strata_tests::fixtures::push_busybox(&registry.addr, "lib/busybox", "1", p.scratch.path());
+    let proxy = FaultProxy::start(&registry.addr);
+    let manifest = strata_tests::tools::skopeo_inspect(&format!("docker://{}/lib/busybox:1", registry.addr), &["--tls-verify=false", "--raw"]);
+    let base_layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let downloads = move |proxy: &FaultProxy| proxy.seen_matching("GET", &format!("/blobs/{base_layer}$")).len();
+    (registry, proxy, downloads)
+}
+
 #[test]
 fn fully_cached_rebuild_does_not_download_the_base() {
     let test = "fully_cached_rebuild_does_not_download_the_base";
     if !requirements(test) || !strata_tests::require::tool(test, "docker-registry") {
         return;
     }
-    let registry = Registry::start();
     let p = Project::new();
-    strata_tests::fixtures::push_busybox(&registry.addr, "lib/busybox", "1", p.scratch.path());
-    let proxy = strata_tests::faultproxy::FaultProxy::start(&registry.addr);
+    let (registry, proxy, base_downloads) = proxied_busybox(&p);
     fs::write(p.ctx.join("Dockerfile"), DOCKERFILE.replace("FROM base", &format!("FROM {}/lib/busybox:1", proxy.addr))).unwrap();
-    let manifest = strata_tests::tools::skopeo_inspect(&format!("docker://{}/lib/busybox:1", registry.addr), &["--tls-verify=false", "--raw"]);
-    let base_layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
-    let base_downloads = || proxy.seen_matching("GET", &format!("/blobs/{base_layer}$")).len();
+    let base_downloads = || base_downloads(&proxy);
     let repo = format!("{}/app/cache", proxy.addr);
     let build = |name: &str, extra: &[&str]| {
         let digest_file = p.scratch.path().join(format!("{name}.digest"));
@@ -420,13 +430,9 @@ fn docker_image_context_base_is_downloaded_only_when_needed() {
     if !requirements(test) || !strata_tests::require::tool(test, "docker-registry") {
         return;
     }
-    let registry = Registry::start();
     let p = Project::new();
-    strata_tests::fixtures::push_busybox(&registry.addr, "lib/busybox", "1", p.scratch.path());
-    let proxy = strata_tests::faultproxy::FaultProxy::start(&registry.addr);
-    let manifest = strata_tests::tools::skopeo_inspect(&format!("docker://{}/lib/busybox:1", registry.addr), &["--tls-verify=false", "--raw"]);
-    let base_layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
-    let base_downloads = || proxy.seen_matching("GET", &format!("/blobs/{base_layer}$")).len();
+    let (registry, proxy, base_downloads) = proxied_busybox(&p);
+    let base_downloads = || base_downloads(&proxy);
     // `FROM base`, with base a registry image given as a build context.
     let context = format!("base=docker-image://{}/lib/busybox:1", proxy.addr);
     let repo = format!("{}/app/cache", proxy.addr);
