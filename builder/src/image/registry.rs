@@ -92,20 +92,6 @@ impl Registries {
         })
     }
 
-    /// As [`Registries::new`] with an explicit docker config and progress sink (tests).
-    pub fn with_config(opts: &RegistryOptions, docker_config: DockerConfig, progress: Progress) -> Result<Registries> {
-        opts.validate()?;
-        Ok(Registries {
-            opts: opts.clone(),
-            docker_config,
-            clients: Mutex::new(HashMap::new()),
-            tokens: Default::default(),
-            authenticated: Default::default(),
-            open: Default::default(),
-            progress,
-        })
-    }
-
     pub fn options(&self) -> &RegistryOptions {
         &self.opts
     }
