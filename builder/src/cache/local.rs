@@ -398,9 +398,7 @@ fn link_or_copy(from: &BlobStore, to: &BlobStore, digest: &Digest) -> Result<()>
     let src = from.path(digest);
     let dst = to.path(digest);
     // Unique per call: two stages of one build may store the same blob at once.
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = to.dir().join(format!(".incoming-{}-link-{call}-{}", crate::image::store::owner_tag(), digest.hex()));
+    let tmp = crate::image::store::temp_path(to.dir(), &digest.hex());
     if fs::hard_link(&src, &tmp).is_ok() {
         return fs::rename(&tmp, &dst).with_context(|| format!("storing blob {}", dst.display()));
     }

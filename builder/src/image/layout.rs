@@ -152,8 +152,7 @@ pub(crate) fn copy_blob(store: &BlobStore, d: &Digest, dst: &Path) -> Result<()>
     }
     let src = store.path(d);
     let parent = dst.parent().expect("blob paths have a parent");
-    let tmp = parent.join(format!(".{}.tmp-{}", d.hex(), std::process::id()));
-    let _ = fs::remove_file(&tmp);
+    let tmp = crate::image::store::temp_path(parent, &d.hex());
     if fs::hard_link(&src, &tmp).is_err() {
         fs::copy(&src, &tmp).with_context(|| format!("copying blob {d} to {}", parent.display()))?;
     }

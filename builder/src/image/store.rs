@@ -112,6 +112,14 @@ pub(crate) fn owner_tag() -> String {
     format!("{}@{host}", std::process::id())
 }
 
+/// A temporary path in `dir` no other call (thread or process) uses:
+/// `.incoming-PID@HOST-N-what`, which stale-temporary clean-ups recognise.
+pub(crate) fn temp_path(dir: &Path, what: &str) -> std::path::PathBuf {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(".incoming-{}-{call}-{what}", owner_tag()))
+}
+
 /// True when `name` starts with an [`owner_tag`] of this host whose process is
 /// gone (killed); false for anything else, including other hosts' names.
 pub(crate) fn owner_gone(name: &str) -> bool {
@@ -204,5 +212,15 @@ mod tests {
         assert!(owner_gone(&format!("999999999@{host}-x1")), "no such process here");
         assert!(!owner_gone("999999999@otherhost-x1"), "another container's build");
         assert!(!owner_gone("link-12-abc"), "not an owner tag");
+    }
+
+    #[test]
+    fn temporary_paths_are_unique_and_carry_the_owner() {
+        let dir = Path::new("/x");
+        let (a, b) = (temp_path(dir, "abc"), temp_path(dir, "abc"));
+        assert_ne!(a, b, "two calls with the same name");
+        let name = a.file_name().unwrap().to_string_lossy().into_owned();
+        let owner = name.strip_prefix(".incoming-").expect("the prefix clean-ups look for");
+        assert!(owner.starts_with(&format!("{}-", owner_tag())), "{name}");
     }
 }
