@@ -251,6 +251,9 @@ fn parallel_runs_do_not_deadlock() {
                 let _noise: Vec<String> = (0..1000).map(|n| n.to_string()).collect();
                 assert_eq!(lines(&out).len(), 1);
             }
+            // Removed before saying done: the test (and the process) may end
+            // as soon as the last thread says so.
+            drop(t);
             done_tx.send(()).unwrap();
         });
     }
