@@ -165,12 +165,17 @@ pub fn provide_for_delivery(
     let image = &base.image;
     let registries = session.registries();
     let absent: Vec<_> = image.layers.iter().filter(|l| !into.contains(&l.digest)).collect();
-    let mounted = !local_output
-        && image.registry_ref.as_ref().is_some_and(|source| {
-            absent.iter().all(|l| {
-                destinations.iter().all(|dest| matches!(session.block_on(registries.mount_blob(dest, l, source)), Ok(true)))
-            })
-        });
+    let mounted = match &image.registry_ref {
+        Some(source) if !local_output => session.block_on(async {
+            for layer in &absent {
+                if !registries.mount_everywhere(&destinations, layer, source).await {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?,
+        _ => false,
+    };
     if mounted {
         tracing::info!("Base image {}: its {} layer(s) mounted into the destination(s), not downloaded", image.reference, absent.len());
         return Ok(());

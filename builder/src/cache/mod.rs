@@ -415,10 +415,7 @@ impl Cache {
         let Some(remote::RemoteCache::Registry { repo, registries }) = &self.remote else { return false };
         let Ok(source) = ImageRef::parse(&format!("{repo}:{key}")) else { return false };
         let desc = crate::image::config::Descriptor::new(&layer.media_type, layer.digest.clone(), layer.size);
-        destinations.iter().all(|dest| {
-            let mounted = self.rt().block_on(registries.mount_blob(dest, &desc, &source));
-            matches!(mounted, Ok(true))
-        })
+        self.rt().block_on(registries.mount_everywhere(destinations, &desc, &source))
     }
 
     /// Caches the layer a missed step made: in the local cache now, and in the

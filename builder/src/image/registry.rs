@@ -301,6 +301,17 @@ impl Registries {
         Ok(())
     }
 
+    /// As [`Registries::mount_blob`] into each of `destinations`: true when
+    /// `desc` is now in all of them (errors count as no).
+    pub async fn mount_everywhere(&self, destinations: &[ImageRef], desc: &Descriptor, source: &ImageRef) -> bool {
+        for dest in destinations {
+            if !matches!(self.mount_blob(dest, desc, source).await, Ok(true)) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Makes `desc` present in `dest` without uploading it: true if it is
     /// already there or a cross-repository mount from `source` (on the same
     /// registry) succeeded, false otherwise.
