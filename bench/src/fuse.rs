@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use strata_snapshotter::fuse;
 
 use crate::loopfs::{self, LoopFs, run as run_cmd};
+use crate::stats::Samples;
 
 /// Command-line options of the `fuse` subcommand.
 #[derive(clap::Args, Clone, Debug)]
@@ -124,14 +125,14 @@ impl Default for Config {
 pub struct Measurement {
     pub workload: String,
     pub contender: String,
-    pub samples: Vec<f64>,
+    pub samples: Samples,
     /// For FUSE contenders: time of `StepMount::finish` (journal → ChangeSet).
-    pub finish: Vec<f64>,
+    pub finish: Samples,
 }
 
 impl Measurement {
     pub fn median(&self) -> f64 {
-        median(&self.samples)
+        self.samples.median()
     }
 }
 
@@ -258,8 +259,8 @@ fn run_overhead(cfg: &Config, base: &Path, notes: &mut Vec<String>) -> Result<Ve
             .map(|c| Measurement {
                 workload: name.clone(),
                 contender: c.name().into(),
-                samples: vec![],
-                finish: vec![],
+                samples: Samples::default(),
+                finish: Samples::default(),
             })
             .collect();
         for round in 0..cfg.rounds {
@@ -403,9 +404,8 @@ impl Report {
     /// `m`'s time over the plain directory's on the same workload: of the
     /// medians, and of the fastest runs.
     fn ratios_to_plain(&self, m: &Measurement) -> (f64, f64) {
-        let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
         match self.steps.iter().find(|p| p.workload == m.workload && p.contender == Contender::Plain.name()) {
-            Some(plain) => (m.median() / plain.median(), fastest(&m.samples) / fastest(&plain.samples)),
+            Some(plain) => (m.median() / plain.median(), m.samples.min() / plain.samples.min()),
             None => (f64::NAN, f64::NAN),
         }
     }
@@ -429,10 +429,10 @@ impl Report {
             let _ = writeln!(s, "|---|---|---|---|---|---|");
             for m in &self.steps {
                 let (median_ratio, fastest_ratio) = self.ratios_to_plain(m);
-                let finish = if m.finish.is_empty() {
+                let finish = if m.finish.0.is_empty() {
                     "–".to_string()
                 } else {
-                    format!("{:.3}", median(&m.finish))
+                    format!("{:.3}", m.finish.median())
                 };
                 let _ = writeln!(
                     s,
@@ -482,24 +482,9 @@ impl Report {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn summary(v: &[f64]) -> String {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.3} ({:.3}–{:.3})", median(v), min, max)
+/// `median (min–max)` in seconds, three decimals (the RUN-overhead table's form).
+fn summary(v: &Samples) -> String {
+    format!("{:.3} ({:.3}–{:.3})", v.median(), v.min(), v.max())
 }
 
 /// `files` small files in directories of 100, tarred up with the system tar.
